@@ -1,0 +1,83 @@
+"""Engine and scheduler configuration: frozen dataclasses, validated on construction.
+
+ServerArgs (server/args.py) builds one SchedulerConfig per tensor-parallel rank with
+`dataclasses.replace(config, tp_rank=r)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ATTENTION_BACKENDS = ("torch", "fi", "fa3", "fa3,fi")
+CACHE_TYPES = ("radix", "naive")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: str
+    dtype: str = "auto"
+    device: str = "cpu"  # "cpu" | "cuda"
+    tp_rank: int = 0
+    tp_size: int = 1
+    page_size: int = 1
+    num_pages: int | None = None  # None: sized from memory_ratio (cuda) or cpu_kv_budget_mb (cpu)
+    memory_ratio: float = 0.9
+    cpu_kv_budget_mb: int = 256
+    attention_backend: str = "torch"
+    dummy_weight: bool = False
+    max_model_len: int | None = None  # None: from the model config
+    cuda_graph_max_bs: int = 0  # 0: no CUDA graphs
+    seed: int = 0
+    dist_init_method: str | None = None  # e.g. file:///tmp/.../dist; needed when tp_size > 1
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.tp_size not in (1, 2, 4, 8):
+            raise ValueError(f"--tp-size must be 1, 2, 4 or 8, got {self.tp_size}")
+        if not 0 <= self.tp_rank < self.tp_size:
+            raise ValueError(f"tp_rank {self.tp_rank} out of range for tp_size {self.tp_size}")
+        if self.page_size < 1:
+            raise ValueError(f"--page-size must be >= 1, got {self.page_size}")
+        if self.num_pages is not None and self.num_pages < 2:
+            raise ValueError(f"--num-pages must be >= 2, got {self.num_pages}")
+        if not 0.0 < self.memory_ratio <= 1.0:
+            raise ValueError(f"--memory-ratio must be in (0, 1], got {self.memory_ratio}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"--attention-backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                f"got {self.attention_backend!r}"
+            )
+        if self.device == "cpu" and self.attention_backend != "torch":
+            raise ValueError(
+                f"--attention-backend {self.attention_backend} needs --device cuda; use torch on cpu"
+            )
+        if self.tp_size > 1 and not self.dist_init_method:
+            raise ValueError("tp_size > 1 needs dist_init_method")
+
+    @property
+    def is_driver(self) -> bool:
+        return self.tp_rank == 0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig(EngineConfig):
+    cache_type: str = "radix"
+    max_running_requests: int = 256
+    max_prefill_length: int = 8192  # tokens per prefill batch (chunked prefill above it)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cache_type not in CACHE_TYPES:
+            raise ValueError(
+                f"--cache-type must be one of {', '.join(CACHE_TYPES)}, got {self.cache_type!r}"
+            )
+        if self.max_running_requests < 1:
+            raise ValueError(f"--max-running-requests must be >= 1, got {self.max_running_requests}")
+        if self.max_prefill_length < self.page_size or self.max_prefill_length < 16:
+            raise ValueError(
+                f"--max-prefill-length must be >= max(16, page size), got {self.max_prefill_length}"
+            )
