@@ -1,0 +1,168 @@
+"""Batched sampler: one call per scheduler step turns a batch's logits into next tokens.
+
+Order (as vLLM / HF): penalties and min_tokens on the raw logits -> greedy rows take the
+argmax -> temperature -> top-k -> top-p -> min-p -> sample with the exponential-race trick
+(argmax(probs / q), q ~ Exp(1)), which needs no host sync. Seeded rows draw their noise
+from their own generator over the whole vocabulary, so a seed gives the same tokens
+whatever else is in the batch; unseeded rows share one batched draw. Logprobs are
+log_softmax of the raw logits (before penalties and temperature), as vLLM reports them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple, Protocol, Sequence
+
+import torch
+
+from minisgl.engine.penalties import apply_min_tokens, apply_penalties, to_device
+from minisgl.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_SEED_MASK = (1 << 64) - 1
+
+
+class SampleRow(Protocol):
+    """What the sampler reads from a scheduler request."""
+
+    params: SamplingParams
+    output_ids: list[int]  # tokens generated so far (excludes the prompt)
+    prompt_ids: list[int]
+    generator: torch.Generator | None  # make_generator(seed, device) when params.seed is set
+
+
+class SamplerOutput(NamedTuple):
+    token_ids: torch.Tensor  # [B] int64, logits' device
+    logprobs: torch.Tensor | None  # [B] float32 raw log_softmax at the chosen token
+    top_ids: torch.Tensor | None  # [B, K] int64, K = max requested top logprobs
+    top_logprobs: torch.Tensor | None  # [B, K] float32, sorted descending
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator for one seeded request (n > 1: give choice i the seed seed + i)."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(seed & _SEED_MASK)  # any Python int, negative too
+    return generator
+
+
+def filter_logits(
+    logits: torch.Tensor,
+    top_k: torch.Tensor | None = None,
+    top_p: torch.Tensor | None = None,
+    min_p: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Set logits outside each row's top-k, then top-p, then min-p support to -inf.
+
+    logits: [B, V] float32 (temperature already applied). top_k: [B] int64 in [1, V]
+    (V = off). top_p: [B] float32 in (0, 1] (1 = off): keep the smallest prefix of the
+    top-k-renormalised distribution whose mass reaches top_p. min_p: [B] float32 in [0, 1]
+    (0 = off): keep tokens with prob >= min_p * max prob. Sorts once for top-k and top-p.
+    """
+    V = logits.shape[1]
+    neg_inf = float("-inf")
+    if top_k is not None or top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)  # [B, V]
+        rank = torch.arange(V, device=logits.device)[None, :]  # [1, V]
+        if top_k is not None:
+            sorted_logits = sorted_logits.masked_fill(rank >= top_k[:, None], neg_inf)
+        if top_p is not None:
+            probs = sorted_logits.softmax(dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly better tokens
+            # top_p == 1 keeps everything, even where float rounding pushes the sum past 1.
+            p = torch.where(top_p >= 1.0, torch.full_like(top_p, float("inf")), top_p)
+            drop = (mass_before >= p[:, None]) & (rank > 0)
+            sorted_logits = sorted_logits.masked_fill(drop, neg_inf)
+        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    if min_p is not None:
+        # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p); log(0) = -inf keeps all.
+        threshold = logits.amax(dim=-1, keepdim=True) + torch.log(min_p)[:, None]
+        logits = logits.masked_fill(logits < threshold, neg_inf)
+    return logits
+
+
+class Sampler:
+    """Turns [B, V_padded] logits and the batch's rows into next tokens (+ logprobs)."""
+
+    def __init__(
+        self, vocab_size: int, eos_token_ids: Sequence[int], device: torch.device | str
+    ) -> None:
+        if vocab_size <= 0:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
+        self.device = torch.device(device)
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != len(rows):
+            raise ValueError(
+                f"logits must be [num_rows={len(rows)}, vocab], got {tuple(logits.shape)}"
+            )
+        if logits.shape[1] < self.vocab_size:
+            raise ValueError(
+                f"logits have {logits.shape[1]} columns, fewer than vocab_size {self.vocab_size}"
+            )
+        logits = logits[:, : self.vocab_size].float()  # [B, V] f32: padded columns dropped
+        params = [row.params for row in rows]
+        all_greedy = all(p.greedy for p in params)
+        want_logprobs = any(p.logprobs is not None for p in params)
+        penalty_rows = [i for i, p in enumerate(params) if p.needs_penalties]
+        min_token_rows = [
+            i for i, row in enumerate(rows) if len(row.output_ids) < row.params.min_tokens
+        ]
+        if all_greedy and not (want_logprobs or penalty_rows or min_token_rows):
+            return SamplerOutput(logits.argmax(dim=-1), None, None, None)
+
+        adjusted = logits
+        if penalty_rows:
+            adjusted = apply_penalties(adjusted, rows, penalty_rows)
+        if min_token_rows:
+            adjusted = apply_min_tokens(adjusted, rows, min_token_rows, self.eos_token_ids)
+
+        if all_greedy:
+            token_ids = adjusted.argmax(dim=-1)
+        else:
+            token_ids = self._sample(adjusted, rows)
+            greedy = [p.greedy for p in params]
+            if any(greedy):
+                greedy_mask = to_device(greedy, torch.bool, logits.device)
+                token_ids = torch.where(greedy_mask, adjusted.argmax(dim=-1), token_ids)
+
+        if not want_logprobs:
+            return SamplerOutput(token_ids, None, None, None)
+        raw_logprobs = torch.log_softmax(logits, dim=-1)  # [B, V] f32
+        chosen = raw_logprobs.gather(1, token_ids[:, None]).squeeze(1)
+        k = min(max(p.logprobs or 0 for p in params), self.vocab_size)
+        if k == 0:
+            return SamplerOutput(token_ids, chosen, None, None)
+        top_logprobs, top_ids = raw_logprobs.topk(k, dim=-1)  # sorted descending
+        return SamplerOutput(token_ids, chosen, top_ids, top_logprobs)
+
+    def _sample(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
+        """Random draw for every row (greedy rows get a throwaway value). -> [B] int64."""
+        B, V = logits.shape
+        device = logits.device
+        params = [row.params for row in rows]
+        temperature = to_device(
+            [1.0 if p.greedy else p.temperature for p in params], torch.float32, device
+        )
+        scaled = logits / temperature[:, None]
+        top_k = top_p = min_p = None
+        if any(p.top_k > 0 and not p.greedy for p in params):
+            top_k = to_device(
+                [min(p.top_k, V) if p.top_k > 0 else V for p in params], torch.int64, device
+            )
+        if any(p.top_p < 1.0 and not p.greedy for p in params):
+            top_p = to_device([p.top_p for p in params], torch.float32, device)
+        if any(p.min_p > 0.0 and not p.greedy for p in params):
+            min_p = to_device([p.min_p for p in params], torch.float32, device)
+        scaled = filter_logits(scaled, top_k, top_p, min_p)
+        probs = scaled.softmax(dim=-1)  # [B, V] f32, 0 outside the support
+
+        noise = torch.empty(B, V, dtype=torch.float32, device=device).exponential_()
+        for i, row in enumerate(rows):
+            if row.generator is not None and not row.params.greedy:
+                noise[i].exponential_(generator=row.generator)
+        # Exp(1) can return 0; 0 / 0 would be NaN, which argmax prefers.
+        noise.clamp_min_(torch.finfo(torch.float32).tiny)
+        return (probs / noise).argmax(dim=-1)
