@@ -1,0 +1,37 @@
+"""Attention backend contract."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from minisgl.engine.batch import Batch
+    from minisgl.kvcache.storage import KVStorage
+
+
+class AttentionBackend(ABC):
+    """Computes causal attention for a batch over the paged KV cache.
+
+    prepare(batch) is called once per step before the forward pass and may stash
+    layer-independent metadata in batch.attn_meta. forward(q, k, v, layer, batch) first
+    writes k/v ([T, Hkv, D]) to the KV storage at batch.out_slots, then returns the
+    attention output [T, H, D] for q ([T, H, D]), where token t of row b attends to
+    positions 0 .. prefix_lens[b] + (t's offset within the row).
+    """
+
+    def __init__(self, kv: KVStorage, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        self.kv = kv
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+
+    @abstractmethod
+    def prepare(self, batch: Batch) -> None: ...
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+                batch: Batch) -> torch.Tensor: ...

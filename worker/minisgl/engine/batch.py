@@ -1,0 +1,74 @@
+"""One forward step's inputs, built once on the CPU by the scheduler and moved once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+
+@dataclass
+class Batch:
+    """Rows are requests; tokens are the concatenation of each row's new tokens.
+
+    For row b: positions prefix_lens[b] .. prefix_lens[b] + extend_lens[b] - 1 are computed;
+    slot_table[b, :seq_lens[b]] are the slots of every position (cached + new).
+    """
+
+    phase: str  # "prefill" | "decode"
+    rows: Sequence[Any]  # scheduler requests (SampleRow protocol for the sampler)
+    input_ids: torch.Tensor  # [T] int64 device
+    positions: torch.Tensor  # [T] int64 device
+    out_slots: torch.Tensor  # [T] int64 device: where each new token's K/V is written
+    slot_table: torch.Tensor  # [B, max_seq_len] int64 device (padded with 0)
+    prefix_lens: list[int]
+    extend_lens: list[int]
+    sample_rows: list[int]  # rows that sample a token this step (not mid-chunk prefill rows)
+    prompt_logprob_rows: list[int] = field(default_factory=list)
+    attn_meta: Any = None  # built by the attention backend's prepare()
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def seq_lens(self) -> list[int]:
+        return [p + e for p, e in zip(self.prefix_lens, self.extend_lens)]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def last_token_index(self) -> list[int]:
+        """Index into the token dim of each row's last new token."""
+        out, acc = [], 0
+        for e in self.extend_lens:
+            acc += e
+            out.append(acc - 1)
+        return out
+
+    @classmethod
+    def build(cls, phase: str, rows: Sequence[Any], token_chunks: list[list[int]],
+              prefix_lens: list[int], slot_lists: list[torch.Tensor], sample_rows: list[int],
+              device: torch.device, prompt_logprob_rows: list[int] | None = None) -> "Batch":
+        """token_chunks[b]: the new tokens of row b; slot_lists[b]: int64 slots covering at least
+        prefix + extend positions of row b."""
+        extend = [len(c) for c in token_chunks]
+        seq = [p + e for p, e in zip(prefix_lens, extend)]
+        ids = torch.tensor([t for c in token_chunks for t in c], dtype=torch.int64)
+        pos = torch.cat([torch.arange(p, p + e, dtype=torch.int64)
+                         for p, e in zip(prefix_lens, extend)])
+        table = torch.zeros(len(rows), max(seq), dtype=torch.int64)
+        for b, (s, slots) in enumerate(zip(seq, slot_lists)):
+            table[b, :s] = slots[:s]
+        out_slots = torch.cat([slots[p : p + e] for p, e, slots in zip(prefix_lens, extend, slot_lists)])
+        pin = device.type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(device, non_blocking=True) if pin else t.to(device)
+
+        return cls(phase=phase, rows=rows, input_ids=move(ids), positions=move(pos),
+                   out_slots=move(out_slots), slot_table=move(table), prefix_lens=list(prefix_lens),
+                   extend_lens=extend, sample_rows=sample_rows,
+                   prompt_logprob_rows=prompt_logprob_rows or [])

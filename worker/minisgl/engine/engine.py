@@ -1,0 +1,139 @@
+"""The engine executes: one model shard, its KV storage, attention backend and sampler.
+
+It never decides what to run (the scheduler does) and never touches sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import torch
+
+from minisgl.attention import create_attention_backend
+from minisgl.config import EngineConfig
+from minisgl.distributed import init_tp_group
+from minisgl.engine.batch import Batch
+from minisgl.engine.sampler import Sampler
+from minisgl.kvcache.storage import KVStorage
+from minisgl.models import create_model, resolve_model_path
+from minisgl.models.config import ModelConfig
+from minisgl.models.loader import init_dummy_weights, load_weights
+
+logger = logging.getLogger(__name__)
+
+
+class ForwardOutput(NamedTuple):
+    # One entry per batch.sample_rows, on the CPU (one device->host copy per step).
+    token_ids: list[int]
+    logprobs: list[float] | None
+    top_logprobs: list[list[tuple[int, float]]] | None
+    # row index -> logprobs of its prompt tokens computed this step (position p -> token p + 1)
+    prompt_logprobs: dict[int, list[float]]
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device, 0) if config.device == "cuda" else torch.device("cpu")
+        if config.device == "cuda":
+            torch.cuda.set_device(config.tp_rank)
+            self.device = torch.device("cuda", config.tp_rank)
+        self.tp = init_tp_group(config.tp_rank, config.tp_size, config.dist_init_method, config.device)
+        torch.manual_seed(config.seed)  # identical on every rank: unseeded sampling agrees under TP
+        self.model_dir = resolve_model_path(config.model_path)
+        self.model_config = ModelConfig.from_path(self.model_dir)
+        self.dtype = self.model_config.resolve_dtype(config.dtype)
+        self.max_model_len = min(config.max_model_len or 1 << 30,
+                                 self.model_config.max_position_embeddings)
+        self.model = self._load_model()
+        self.num_kv_heads = max(1, self.model_config.num_kv_heads // config.tp_size)
+        self.num_pages = self._num_pages()
+        self.kv = KVStorage(self.model_config.num_layers, self.num_pages * config.page_size,
+                            self.num_kv_heads, self.model_config.head_dim, self.dtype, self.device)
+        self.attn = create_attention_backend(
+            config.attention_backend, self.kv, self.model_config.num_heads // config.tp_size,
+            self.num_kv_heads, self.model_config.head_dim,
+        )
+        self.sampler = Sampler(self.model_config.vocab_size, self.model_config.eos_token_ids,
+                               self.device)
+        logger.info("engine ready: %s %s on %s, %d KV pages of %d tokens", self.model_config.architecture,
+                    self.dtype, self.device, self.num_pages, config.page_size)
+
+    def _load_model(self):
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                model = create_model(self.model_config, self.tp)
+        finally:
+            torch.set_default_dtype(torch.float32)
+        model.rotary.cos = model.rotary.cos.float()  # rope tables stay float32
+        model.rotary.sin = model.rotary.sin.float()
+        builtin = self.model_dir.parent.name == "models" and self.model_dir.name == "demo"
+        if self.config.dummy_weight or (builtin and not any(self.model_dir.glob("*.safetensors"))):
+            init_dummy_weights(model, self.device, seed=self.config.seed)
+        else:
+            load_weights(model, self.model_dir, self.device)
+        return model.eval()
+
+    def _num_pages(self) -> int:
+        c = self.config
+        if c.num_pages is not None:
+            return c.num_pages
+        per_page = c.page_size * KVStorage.bytes_per_slot(
+            self.model_config.num_layers, self.num_kv_heads, self.model_config.head_dim, self.dtype)
+        if c.device == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            # Keep (1 - memory_ratio) of the card plus headroom for activations / CUDA graphs.
+            budget = free - total * (1.0 - c.memory_ratio) - (1 << 30)
+        else:
+            budget = c.cpu_kv_budget_mb << 20
+        pages = int(budget // per_page)
+        if pages < 2:
+            raise ValueError(f"not enough memory for the KV cache ({budget / 2**20:.0f} MiB free); "
+                             "lower the model size or raise --memory-ratio")
+        if self.tp.size > 1 and c.device == "cuda":  # every rank must agree on the page count
+            t = torch.tensor([pages], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            pages = int(t.item())
+        return pages
+
+    @torch.inference_mode()
+    def forward_batch(self, batch: Batch) -> ForwardOutput:
+        self.attn.prepare(batch)
+        hidden = self.model(batch.input_ids, batch.positions, batch, self.attn)  # [T, hidden]
+        last = batch.last_token_index()
+        prompt_lp: dict[int, list[float]] = {}
+        for r in batch.prompt_logprob_rows:
+            prompt_lp[r] = self._prompt_logprobs(batch, r, hidden, last[r])
+        if not batch.sample_rows:
+            return ForwardOutput([], None, None, prompt_lp)
+        idx = torch.tensor([last[r] for r in batch.sample_rows], device=self.device)
+        logits = self.model.logits(hidden[idx])  # [B, padded_vocab] f32
+        rows = [batch.rows[r] for r in batch.sample_rows]
+        out = self.sampler(logits, rows)
+        token_ids = out.token_ids.tolist()
+        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
+        top = None
+        if out.top_ids is not None:
+            top = [list(zip(i, p)) for i, p in zip(out.top_ids.tolist(), out.top_logprobs.tolist())]
+        return ForwardOutput(token_ids, logprobs, top, prompt_lp)
+
+    def _prompt_logprobs(self, batch: Batch, r: int, hidden: torch.Tensor, last: int) -> list[float]:
+        """Logprob of prompt token p + 1 given tokens <= p, for each new position p of row r
+        whose successor is still in the prompt."""
+        row = batch.rows[r]
+        start = last - batch.extend_lens[r] + 1
+        first_pos = batch.prefix_lens[r]
+        n = min(batch.extend_lens[r], len(row.prompt_ids) - 1 - first_pos)
+        if n <= 0:
+            return []
+        logits = self.model.logits(hidden[start : start + n])
+        targets = torch.tensor(row.prompt_ids[first_pos + 1 : first_pos + 1 + n], device=self.device)
+        lp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+        return lp.tolist()
+
+    def shutdown(self) -> None:
+        from minisgl.distributed import shutdown
+
+        shutdown()

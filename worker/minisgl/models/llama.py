@@ -1,0 +1,176 @@
+"""Llama 3.x, Qwen2/2.5 and Qwen3 dense: one decoder, three flavours of the same layers.
+
+Differences are config flags: qkv bias (Qwen2), per-head q/k RMSNorm (Qwen3), Llama-3
+rope scaling, tied embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minisgl.distributed import TPGroup
+from minisgl.layers.linear import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
+from minisgl.layers.norm import RMSNorm
+from minisgl.layers.rotary import RotaryEmbedding
+from minisgl.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from minisgl.attention.base import AttentionBackend
+    from minisgl.engine.batch import Batch
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: TPGroup):
+        super().__init__()
+        self.layer_id = layer_id
+        self.head_dim = cfg.head_dim
+        self.num_heads = cfg.num_heads // tp.size
+        self.num_kv_heads = max(1, cfg.num_kv_heads // tp.size)
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias, tp
+        )
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, False, tp)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: Batch,
+                attn: AttentionBackend) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+             self.num_kv_heads * self.head_dim], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)  # [T, H, D]
+        k = k.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        out = attn.forward(q, k, v, self.layer_id, batch)  # [T, H, D]
+        return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TPGroup):
+        super().__init__()
+        self.gate_up_proj = ColumnParallelLinear(
+            cfg.hidden_size, [cfg.intermediate_size, cfg.intermediate_size], False, tp
+        )
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, False, tp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: TPGroup):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer_id, rotary, tp)
+        self.mlp = MLP(cfg, tp)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, batch: Batch,
+                attn: AttentionBackend) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), positions, batch, attn)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+# HF weight name -> (our module path, param name, fused part index)
+_RULES = [
+    (re.compile(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)"),
+     lambda m: (f"layers.{m[1]}.self_attn.qkv_proj", m[3], "qkv".index(m[2]))),
+    (re.compile(r"model\.layers\.(\d+)\.mlp\.(gate|up)_proj\.weight"),
+     lambda m: (f"layers.{m[1]}.mlp.gate_up_proj", "weight", ["gate", "up"].index(m[2]))),
+    (re.compile(r"model\.(.*)\.(weight|bias)"), lambda m: (m[1], m[2], 0)),
+    (re.compile(r"lm_head\.weight"), lambda m: ("lm_head", "weight", 0)),
+]
+
+
+class CausalLM(nn.Module):
+    """Decoder-only LM: embed -> N x DecoderLayer -> norm; lm_head applied by `logits`."""
+
+    def __init__(self, cfg: ModelConfig, tp: TPGroup):
+        super().__init__()
+        self.cfg = cfg
+        self.tp = tp
+        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
+                                 cfg.rope_scaling)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, rotary, tp) for i in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp)
+        self.rotary = rotary
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: Batch,
+                attn: AttentionBackend) -> torch.Tensor:
+        """input_ids, positions [T] int64 -> hidden [T, hidden_size]."""
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            h = layer(h, positions, batch, attn)
+        return self.norm(h)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.logits(hidden)  # [N, padded_vocab] f32
+
+    def load_weight(self, hf_name: str, tensor: torch.Tensor) -> None:
+        if "rotary_emb" in hf_name:
+            return
+        for pattern, target in _RULES:
+            m = pattern.fullmatch(hf_name)
+            if m:
+                module_path, param, part = target(m)
+                break
+        else:
+            raise ValueError(f"unexpected weight {hf_name!r}")
+        module = self.get_submodule(module_path)
+        tensor = tensor.to(dtype=module.weight.dtype)
+        if hasattr(module, "load"):
+            module.load(param, tensor, part)
+        else:
+            getattr(module, param).data.copy_(tensor)
+        if hf_name == "model.embed_tokens.weight" and self.cfg.tie_word_embeddings:
+            self.lm_head.load("weight", tensor)
+
+    def expected_weights(self) -> dict[str, tuple[int, ...]]:
+        """HF names and full (unsharded) shapes of every weight the checkpoint must hold."""
+        c = self.cfg
+        q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        shapes = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size),
+                  "model.norm.weight": (c.hidden_size,)}
+        if not c.tie_word_embeddings:
+            shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
+        for i in range(c.num_layers):
+            p = f"model.layers.{i}."
+            shapes.update({
+                p + "self_attn.q_proj.weight": (q, c.hidden_size),
+                p + "self_attn.k_proj.weight": (kv, c.hidden_size),
+                p + "self_attn.v_proj.weight": (kv, c.hidden_size),
+                p + "self_attn.o_proj.weight": (c.hidden_size, q),
+                p + "mlp.gate_proj.weight": (c.intermediate_size, c.hidden_size),
+                p + "mlp.up_proj.weight": (c.intermediate_size, c.hidden_size),
+                p + "mlp.down_proj.weight": (c.hidden_size, c.intermediate_size),
+                p + "input_layernorm.weight": (c.hidden_size,),
+                p + "post_attention_layernorm.weight": (c.hidden_size,),
+            })
+            if c.qkv_bias:
+                shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                               p + "self_attn.v_proj.bias": (kv,)})
+            if c.qk_norm:
+                shapes.update({p + "self_attn.q_norm.weight": (c.head_dim,),
+                               p + "self_attn.k_norm.weight": (c.head_dim,)})
+        return shapes

@@ -1,0 +1,125 @@
+"""KV page accounting for the scheduler: page pool + prefix cache + reservations.
+
+Admission reserves every page a request can ever need (prompt + max_tokens, minus the
+pages it shares from the prefix cache), so an admitted request always finishes: memory
+pressure queues requests instead of crashing or deadlocking. Pages are allocated lazily
+as the request grows, evicting unused prefix-cache leaves when the pool runs dry.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from minisgl.errors import ContextTooLong
+from minisgl.kvcache import PagePool, create_prefix_cache
+from minisgl.scheduler.request import Req
+
+logger = logging.getLogger(__name__)
+
+
+def _pages(tokens: int, page_size: int) -> int:
+    return -(-tokens // page_size)
+
+
+class CacheManager:
+    def __init__(self, num_pages: int, page_size: int, cache_type: str) -> None:
+        self.page_size = page_size
+        self.pool = PagePool(num_pages, page_size)
+        self.cache = create_prefix_cache(cache_type, page_size)
+        self.shares = cache_type != "naive"
+        self.outstanding = 0  # sum of live requests' reserved_pages
+
+    @property
+    def available_pages(self) -> int:
+        return self.pool.num_free + self.cache.evictable_size // self.page_size - self.outstanding
+
+    @property
+    def active_pages(self) -> int:
+        """Pages held by live requests (cached-but-unused prefix pages excluded)."""
+        return self.pool.num_used - self.cache.evictable_size // self.page_size
+
+    def check_fits(self, total_tokens: int) -> None:
+        if _pages(total_tokens, self.page_size) > self.pool.num_total:
+            raise ContextTooLong(
+                f"request needs {total_tokens} tokens of KV cache but this server holds "
+                f"{self.pool.num_total * self.page_size}; shorten the prompt or max_tokens"
+            )
+
+    def try_admit(self, req: Req) -> bool:
+        """Match the prompt's cached prefix and reserve the rest; False if memory is short."""
+        if req.params.prompt_logprobs or not self.shares:
+            lookup = []  # prompt logprobs need every position computed
+        else:
+            lookup = req.prompt_ids[:-1]  # leave at least one token to compute
+        match = self.cache.match(lookup)
+        self.cache.lock(match.handle)
+        matched = int(match.slots.shape[0])
+        need = _pages(req.max_total_len, self.page_size) - matched // self.page_size
+        if need > self.available_pages:
+            self.cache.unlock(match.handle)
+            return False
+        req.slots, req.handle = match.slots.clone(), match.handle
+        req.kv_len = req.matched_len = matched
+        req.reserved_pages = need
+        self.outstanding += need
+        req.admitted = True
+        return True
+
+    def ensure_slots(self, req: Req, length: int) -> None:
+        """Grow req.slots to cover positions [0, length)."""
+        have = int(req.slots.shape[0]) // self.page_size
+        n = _pages(length, self.page_size) - have
+        if n <= 0:
+            return
+        if n > req.reserved_pages:
+            raise RuntimeError(f"request {req.uid} outgrew its reservation")  # scheduler bug
+        if self.pool.num_free < n:
+            freed = self.cache.evict((n - self.pool.num_free) * self.page_size)
+            if freed.numel():
+                self.pool.free_slots(freed)
+        req.slots = torch.cat([req.slots, self.pool.alloc_slots(n)])
+        req.reserved_pages -= n
+        self.outstanding -= n
+
+    def _store(self, req: Req, ids: list[int]) -> int:
+        """Insert ids' whole pages into the prefix cache; free our duplicates. Returns aligned len."""
+        aligned = len(ids) // self.page_size * self.page_size
+        existing = self.cache.insert(ids[:aligned], req.slots[:aligned])
+        if existing > req.matched_len:
+            self.pool.free_slots(req.slots[req.matched_len : existing])
+        return aligned
+
+    def cache_prompt(self, req: Req) -> None:
+        """After prefill: share the prompt's pages with later requests (and n > 1 siblings)."""
+        if not self.shares:
+            return
+        aligned = self._store(req, req.prompt_ids)
+        if aligned <= req.matched_len:
+            return
+        match = self.cache.match(req.prompt_ids[:aligned])
+        self.cache.lock(match.handle)
+        self.cache.unlock(req.handle)
+        n = int(match.slots.shape[0])
+        req.slots[:n] = match.slots
+        req.handle, req.matched_len = match.handle, n
+
+    def release(self, req: Req) -> None:
+        """Request finished or aborted: keep its KV as a cached prefix, free the rest."""
+        if not req.admitted:
+            return
+        ids = req.all_ids()[: req.kv_len]
+        aligned = self._store(req, ids) if self.shares else 0
+        if not self.shares and req.matched_len < req.slots.shape[0]:
+            self.pool.free_slots(req.slots[req.matched_len :])
+        elif req.slots.shape[0] > max(aligned, req.matched_len):
+            self.pool.free_slots(req.slots[max(aligned, req.matched_len) :])
+        self.cache.unlock(req.handle)
+        self.outstanding -= req.reserved_pages
+        req.reserved_pages = 0
+        req.admitted = False
+        req.slots = req.slots[:0]
+
+    def stats(self) -> tuple[int, int]:
+        return self.active_pages, self.pool.num_total

@@ -1,0 +1,49 @@
+"""A request as the scheduler tracks it (one per choice when n > 1)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from minisgl.sampling_params import SamplingParams
+
+
+@dataclass(eq=False)
+class Req:
+    uid: int
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None = None
+    arrival_time: float = field(default_factory=time.time)
+    parent: "Req | None" = None  # n > 1: wait for the first choice's prefill, then share its KV
+    output_ids: list[int] = field(default_factory=list)
+    # KV bookkeeping (see CacheManager)
+    slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    kv_len: int = 0  # tokens whose K/V is stored
+    matched_len: int = 0  # leading slots owned by the prefix cache
+    handle: object = None  # locked prefix-cache node
+    reserved_pages: int = 0  # pages promised at admission but not yet allocated
+    admitted: bool = False
+    first_scheduled_time: float | None = None
+    prompt_logprobs: list[float | None] | None = None
+    sent_first: bool = False
+    finished: bool = False
+    finish_reason: str | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def prefill_done(self) -> bool:
+        return self.kv_len >= self.prompt_len
+
+    @property
+    def max_total_len(self) -> int:
+        return self.prompt_len + self.params.max_tokens
+
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
