@@ -172,3 +172,10 @@ def test_long_shared_prefixes_stay_fast() -> None:
     assert cache.evictable_size == prefix_len + 200 * 64
     pool.free_slots(cache.evict(10**9))
     assert pool.num_free == pool.num_total
+
+
+def test_matched_slots_are_a_copy() -> None:
+    cache = RadixCache(page_size=1)
+    cache.insert([1, 2], _slots(0, 2))
+    cache.match([1, 2]).slots.fill_(-1)
+    assert cache.match([1, 2]).slots.tolist() == [0, 1]

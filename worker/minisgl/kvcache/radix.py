@@ -125,7 +125,8 @@ class RadixCache(PrefixCache):
         self._touch(node)
         if not values:
             return MatchResult(self._root, _empty())
-        slots = values[0] if len(values) == 1 else torch.cat(values)
+        # a copy, so a caller writing into its page table can never corrupt the tree
+        slots = values[0].clone() if len(values) == 1 else torch.cat(values)
         return MatchResult(node, slots)
 
     def lock(self, handle: _Node) -> None:
