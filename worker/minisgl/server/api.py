@@ -1,0 +1,277 @@
+"""The HTTP API: `create_app(frontend, args)` -> FastAPI (DESIGN.md "Worker: HTTP API").
+
+Everything per-server lives on `app.state` (frontend, metrics, api key, limits); the routes
+read it from the request, so two apps in one process never share state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from contextlib import aclosing, asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Awaitable, Callable
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from minisgl.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from minisgl.sampling_params import SamplingParams
+from minisgl.server import openai_serving as oai
+from minisgl.server.errors import (DEFAULT_MAX_BODY_BYTES, Unauthorized, error_response,
+                                   install_error_handlers, read_json)
+from minisgl.server.generation import GenerationRun, wait_disconnected
+from minisgl.server.logprobs import LogprobFormatter
+from minisgl.server.metrics import CONTENT_TYPE, ServerMetrics
+from minisgl.server.protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
+                                     unknown_fields)
+
+logger = logging.getLogger(__name__)
+
+try:
+    __version__ = version("minisgl")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"
+
+router = APIRouter()
+
+
+class _SSEResponse(StreamingResponse):
+    """A StreamingResponse that always closes its body and run, also when the client left
+    before the first byte (Starlette cancels the sender but never closes the iterator)."""
+
+    def __init__(self, body, on_close: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(body, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            await self._on_close()
+
+
+def _check_auth(request: Request) -> None:
+    key = request.app.state.api_key
+    if not key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise Unauthorized("Incorrect or missing API key: send 'Authorization: Bearer <key>'")
+
+
+def _check_accepting(frontend) -> None:
+    if getattr(frontend, "draining", False):
+        raise ServiceUnavailable("the server is shutting down")
+    if not getattr(frontend, "ready", True):
+        raise ServiceUnavailable("the server is not ready yet")
+
+
+def _check_model(frontend, model: str | None) -> None:
+    if model and model != frontend.model_name:
+        raise ModelNotFound(f"The model '{model}' does not exist; this server serves "
+                            f"'{frontend.model_name}'")
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> BaseModel:
+    state = request.app.state
+    _check_auth(request)
+    _check_accepting(state.frontend)
+    req = await read_json(request, model, state.max_body_bytes)
+    extra = unknown_fields(req)
+    if extra:
+        logger.warning("%s: ignoring unknown fields %s", request.url.path, ", ".join(extra))
+    return req
+
+
+async def _respond(request: Request, run: GenerationRun, stream: bool,
+                   events: Callable[[], object], whole: Callable[[], Awaitable[dict]]) -> Response:
+    """Start the run (engine errors -> 4xx) and answer as SSE or as one JSON object."""
+    try:
+        await run.start()
+    except Exception as e:
+        return error_response(e)
+    if stream:
+        return _SSEResponse(events(), on_close=lambda: run.close("abort"))
+    collect = asyncio.ensure_future(whole())
+    watch = asyncio.ensure_future(wait_disconnected(request.receive))
+    try:
+        await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not collect.done():  # client gone: abort the generation end to end
+            collect.cancel()
+            await asyncio.gather(collect, return_exceptions=True)
+            return Response(status_code=499)
+        return JSONResponse(collect.result())
+    except Exception as e:
+        return error_response(e)
+    finally:
+        watch.cancel()
+        collect.cancel()
+        await run.close("abort")
+
+
+async def _collect(builder: oai.ResponseBuilder) -> dict:
+    async with aclosing(builder.run.chunks()) as chunks:
+        async for p, chunk in chunks:
+            builder.add(p, chunk)
+    return builder.response()
+
+
+async def _sse_openai(builder: oai.ResponseBuilder, opts) -> object:
+    include = bool(opts and opts.include_usage)
+    continuous = bool(opts and opts.continuous_usage_stats)
+    async with aclosing(oai.stream_events(builder, include, continuous)) as events:
+        async for event in events:
+            yield event
+
+
+def _reject(request: Request, e: Exception) -> Response:
+    request.app.state.metrics.request_finished("error")
+    return error_response(e)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    state = request.app.state
+    frontend = state.frontend
+    try:
+        req = await _parse(request, CompletionRequest)
+        _check_model(frontend, req.model)
+        prompts, params = oai.build_completion(req, frontend.max_model_len)
+    except Exception as e:
+        return _reject(request, e)
+    run = GenerationRun(frontend, state.metrics, prompts, params, f"cmpl-{uuid.uuid4().hex}")
+    echo = [p if isinstance(p, str) else "" for p in prompts] if req.echo else None
+    builder = oai.ResponseBuilder(run, frontend.model_name, False, state.formatter, echo)
+    return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
+                          lambda: _collect(builder))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    state = request.app.state
+    frontend = state.frontend
+    try:
+        req = await _parse(request, ChatCompletionRequest)
+        _check_model(frontend, req.model)
+        ids, params = oai.build_chat(req, frontend.tokenizer, frontend.max_model_len)
+    except Exception as e:
+        return _reject(request, e)
+    run = GenerationRun(frontend, state.metrics, [ids], params, f"chatcmpl-{uuid.uuid4().hex}")
+    builder = oai.ResponseBuilder(run, frontend.model_name, True, state.formatter)
+    return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
+                          lambda: _collect(builder))
+
+
+@router.post("/generate")
+async def generate(request: Request) -> Response:
+    """The seed's API: SSE events `{"text", "token_ids", "finished", "finish_reason"}`."""
+    state = request.app.state
+    frontend = state.frontend
+    try:
+        req = await _parse(request, GenerateRequest)
+        if isinstance(req.prompt, (str, list)) and len(req.prompt) == 0:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        if req.max_tokens < 1 or req.max_tokens > frontend.max_model_len:
+            raise InvalidRequest(f"max_tokens must be in [1, {frontend.max_model_len}]",
+                                 param="max_tokens")
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        params = SamplingParams(max_tokens=req.max_tokens, ignore_eos=req.ignore_eos,
+                                temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                                stop=stop).validate()
+    except Exception as e:
+        return _reject(request, e)
+    run = GenerationRun(frontend, state.metrics, [req.prompt], params, f"gen-{uuid.uuid4().hex}")
+
+    async def events():
+        async with aclosing(run.chunks()) as chunks:
+            async for _, c in chunks:
+                yield oai.sse({"text": c.text, "token_ids": c.token_ids, "finished": c.finished,
+                               "finish_reason": c.finish_reason})
+        yield oai.sse("[DONE]")
+
+    async def whole() -> dict:
+        text, ids, reason, usage = [], [], None, {}
+        async with aclosing(run.chunks()) as chunks:
+            async for _, c in chunks:
+                text.append(c.text)
+                ids += c.token_ids
+                reason = c.finish_reason or reason
+                if c.num_prompt_tokens:
+                    usage["prompt_tokens"] = c.num_prompt_tokens
+        usage["completion_tokens"] = len(ids)
+        return {"text": "".join(text), "token_ids": ids, "finish_reason": reason, "usage": usage}
+
+    return await _respond(request, run, req.stream, events, whole)
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> Response:
+    _check_auth(request)
+    fe = request.app.state.frontend
+    card = {"id": fe.model_name, "object": "model", "created": request.app.state.created,
+            "owned_by": "minisgl", "root": getattr(fe, "model_path", fe.model_name),
+            "max_model_len": fe.max_model_len}
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    fe = request.app.state.frontend
+    ok, reason = fe.health()
+    body = {"status": "ok" if ok else "unhealthy", "timestamp": time.time(),
+            "version": __version__, "model": fe.model_name}
+    if not ok:
+        body["reason"] = reason
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _is_ready(frontend) -> bool:
+    return bool(frontend.ready) and not frontend.draining
+
+
+@router.get("/ready")
+async def ready(request: Request) -> Response:
+    fe = request.app.state.frontend
+    if _is_ready(fe):
+        return JSONResponse({"status": "ready", "model": fe.model_name})
+    status = "draining" if fe.draining else "starting"
+    return JSONResponse({"status": status, "model": fe.model_name}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def create_app(frontend, args) -> FastAPI:
+    """Build the app around a FrontendManager; the lifespan starts and stops the frontend."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await frontend.start()
+        try:
+            yield
+        finally:
+            await frontend.stop()
+
+    app = FastAPI(title="minisgl", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.state.frontend = frontend
+    app.state.created = int(time.time())
+    app.state.api_key = getattr(args, "api_key", None) or os.environ.get("MINISGL_API_KEY") or None
+    app.state.max_body_bytes = getattr(args, "max_request_bytes", None) or DEFAULT_MAX_BODY_BYTES
+    app.state.metrics = ServerMetrics(frontend.model_name, frontend.stats,
+                                      lambda: _is_ready(frontend))
+    app.state.formatter = LogprobFormatter(frontend.tokenizer)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

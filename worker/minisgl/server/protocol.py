@@ -1,0 +1,114 @@
+"""Request models of the HTTP API: OpenAI-compatible plus the vLLM / SGLang extension fields.
+
+Unknown fields are kept in `model_extra` (not rejected) so the serving layer can log them once:
+clients such as evaluation harnesses send fields we do not implement, and refusing them would
+break those clients for no benefit.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+# Pydantic's lax mode turns "5" into 5 and true into 1; an API that silently accepts wrong
+# types hides client bugs, so the numeric and boolean fields are strict (floats accept ints).
+Int = StrictInt
+Bool = StrictBool
+Float = StrictFloat
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Request):
+    include_usage: Bool = False
+    continuous_usage_stats: Bool = False
+
+
+class _SamplingFields(_Request):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model: StrictStr | None = None
+    max_tokens: Int | None = None
+    temperature: Float | None = None
+    top_p: Float | None = None
+    top_k: Int | None = None
+    min_p: Float | None = None
+    seed: Int | None = None
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
+    repetition_penalty: Float | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    stop_token_ids: list[Int] | None = None
+    ignore_eos: Bool = False
+    min_tokens: Int = 0
+    n: Int = 1
+    stream: Bool = False
+    stream_options: StreamOptions | None = None
+    skip_special_tokens: Bool = True
+    include_stop_str_in_output: Bool = False
+    user: StrictStr | None = None
+
+
+PromptType = Union[StrictStr, list[StrictStr], list[Int], list[list[Int]]]
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: PromptType
+    echo: Bool = False
+    logprobs: Int | None = None
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Int | None = None
+    logprobs: Bool = False
+    top_logprobs: Int | None = None
+    add_generation_prompt: Bool = True
+    continue_final_message: Bool = False
+    chat_template_kwargs: dict | None = None
+
+
+class GenerateRequest(_Request):
+    """The seed's simple API: a prompt, a token budget, optional sampling; streams by default."""
+
+    prompt: StrictStr | list[Int]
+    max_tokens: Int = 16
+    ignore_eos: Bool = False
+    temperature: Float = 0.0
+    top_p: Float = 1.0
+    top_k: Int = -1
+    stop: StrictStr | list[StrictStr] | None = None
+    stream: Bool = True
+
+
+def unknown_fields(req: BaseModel) -> list[str]:
+    """Names of fields the client sent that no model here declares (nested ones dotted)."""
+    names = list(req.model_extra or {})
+    for field_name in type(req).model_fields:
+        value = getattr(req, field_name)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, BaseModel):
+                names += [f"{field_name}.{n}" for n in unknown_fields(item)]
+    return sorted(set(names))
