@@ -123,6 +123,16 @@ def test_filter_logits_top_p_keeps_smallest_prefix_reaching_p(top_p, kept):
     assert sorted(torch.isfinite(out[0]).nonzero().flatten().tolist()) == sorted(order[j] for j in kept)
 
 
+def test_filter_logits_k_bound_gives_same_support_as_full_sort():
+    torch.manual_seed(7)
+    logits = torch.randn(16, 300)
+    top_k = torch.randint(1, 40, (16,))
+    top_p = torch.rand(16) * 0.9 + 0.05
+    full = filter_logits(logits, top_k, top_p)
+    bounded = filter_logits(logits, top_k, top_p, k_bound=int(top_k.max()))
+    assert torch.equal(full, bounded)
+
+
 def test_filter_logits_top_p_applies_after_top_k_renormalisation():
     logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
     # without top-k: mass before token 2 is 0.7 < 0.75, so it stays

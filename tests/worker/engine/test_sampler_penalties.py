@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minisgl.engine.penalties import apply_min_tokens, apply_penalties
+from minisgl.engine.penalties import TokenHistory, apply_min_tokens, apply_penalties
 from minisgl.engine.sampler import Sampler, make_generator
 from minisgl.sampling_params import SamplingParams
 
@@ -111,3 +111,34 @@ def test_logprobs_ignore_penalties():
     out = Sampler(3, [], "cpu")(logits, [r])
     assert out.token_ids.item() == 2
     assert torch.allclose(out.logprobs, torch.log_softmax(logits, -1)[:, 2])
+
+
+def test_token_history_reused_across_steps_matches_fresh_computation():
+    torch.manual_seed(2)
+    V = 50
+    history = TokenHistory()
+    rows = [row(prompt_ids=[1, 2, 3], repetition_penalty=1.5, frequency_penalty=0.4),
+            row(prompt_ids=[7], presence_penalty=0.3), row()]
+    for step in range(6):
+        logits = torch.randn(3, V)
+        cached = apply_penalties(logits, rows, [0, 1], history)
+        fresh = apply_penalties(logits, rows, [0, 1])
+        assert torch.equal(cached, fresh)
+        for r in rows:
+            r.output_ids.extend([(step * 7 + len(r.output_ids)) % V] * (step % 3))
+    assert len(history) == 2
+
+
+def test_token_history_rebuilds_when_output_shrinks_and_forgets_dead_rows():
+    history = TokenHistory()
+    r = row(output_ids=[0, 0, 1], frequency_penalty=1.0)
+    logits = LOGITS[None].clone()
+    apply_penalties(logits, [r], [0], history)
+    r.output_ids = [2]  # e.g. a request reset by the scheduler
+    out = apply_penalties(logits, [r], [0], history)
+    expected = LOGITS.clone()
+    expected[2] -= 1.0
+    assert torch.equal(out[0], expected)
+    assert len(history) == 1
+    del r
+    assert len(history) == 0

@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol, Sequence
 
 import torch
 
-from minisgl.engine.penalties import apply_min_tokens, apply_penalties, to_device
+from minisgl.engine.penalties import TokenHistory, apply_min_tokens, apply_penalties, to_device
 from minisgl.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -51,19 +51,24 @@ def filter_logits(
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
     min_p: torch.Tensor | None = None,
+    k_bound: int | None = None,
 ) -> torch.Tensor:
     """Set logits outside each row's top-k, then top-p, then min-p support to -inf.
 
     logits: [B, V] float32 (temperature already applied). top_k: [B] int64 in [1, V]
     (V = off). top_p: [B] float32 in (0, 1] (1 = off): keep the smallest prefix of the
     top-k-renormalised distribution whose mass reaches top_p. min_p: [B] float32 in [0, 1]
-    (0 = off): keep tokens with prob >= min_p * max prob. Sorts once for top-k and top-p.
+    (0 = off): keep tokens with prob >= min_p * max prob. Sorts once for top-k and top-p;
+    k_bound (host int, >= every row's top_k) sorts only the k_bound best instead of all V.
     """
     V = logits.shape[1]
     neg_inf = float("-inf")
     if top_k is not None or top_p is not None:
-        sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)  # [B, V]
-        rank = torch.arange(V, device=logits.device)[None, :]  # [1, V]
+        if top_k is not None and k_bound is not None and k_bound < V:
+            sorted_logits, order = logits.topk(k_bound, dim=-1)  # [B, K], sorted
+        else:
+            sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)  # [B, V]
+        rank = torch.arange(sorted_logits.shape[1], device=logits.device)[None, :]  # [1, K]
         if top_k is not None:
             sorted_logits = sorted_logits.masked_fill(rank >= top_k[:, None], neg_inf)
         if top_p is not None:
@@ -73,7 +78,7 @@ def filter_logits(
             p = torch.where(top_p >= 1.0, torch.full_like(top_p, float("inf")), top_p)
             drop = (mass_before >= p[:, None]) & (rank > 0)
             sorted_logits = sorted_logits.masked_fill(drop, neg_inf)
-        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+        logits = torch.full_like(logits, neg_inf).scatter_(1, order, sorted_logits)
     if min_p is not None:
         # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p); log(0) = -inf keeps all.
         threshold = logits.amax(dim=-1, keepdim=True) + torch.log(min_p)[:, None]
@@ -92,6 +97,7 @@ class Sampler:
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
         self.device = torch.device(device)
+        self._history = TokenHistory()  # token ids of live rows, for penalties
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != len(rows):
@@ -115,7 +121,7 @@ class Sampler:
 
         adjusted = logits
         if penalty_rows:
-            adjusted = apply_penalties(adjusted, rows, penalty_rows)
+            adjusted = apply_penalties(adjusted, rows, penalty_rows, self._history)
         if min_token_rows:
             adjusted = apply_min_tokens(adjusted, rows, min_token_rows, self.eos_token_ids)
 
@@ -147,16 +153,16 @@ class Sampler:
             [1.0 if p.greedy else p.temperature for p in params], torch.float32, device
         )
         scaled = logits / temperature[:, None]
-        top_k = top_p = min_p = None
+        top_k = top_p = min_p = k_bound = None
         if any(p.top_k > 0 and not p.greedy for p in params):
-            top_k = to_device(
-                [min(p.top_k, V) if p.top_k > 0 else V for p in params], torch.int64, device
-            )
+            ks = [1 if p.greedy else min(p.top_k, V) if p.top_k > 0 else V for p in params]
+            top_k = to_device(ks, torch.int64, device)
+            k_bound = max(ks)
         if any(p.top_p < 1.0 and not p.greedy for p in params):
             top_p = to_device([p.top_p for p in params], torch.float32, device)
         if any(p.min_p > 0.0 and not p.greedy for p in params):
             min_p = to_device([p.min_p for p in params], torch.float32, device)
-        scaled = filter_logits(scaled, top_k, top_p, min_p)
+        scaled = filter_logits(scaled, top_k, top_p, min_p, k_bound)
         probs = scaled.softmax(dim=-1)  # [B, V] f32, 0 outside the support
 
         noise = torch.empty(B, V, dtype=torch.float32, device=device).exponential_()
