@@ -1,15 +1,13 @@
 """`--shell-mode`: a chat REPL over the same processes as the HTTP server.
 
 Streams tokens as they arrive, keeps the multi-turn history (chat template from the tokenizer),
-`/reset` clears it, `/exit` or Ctrl+D quits. Ctrl+C while a reply streams stops that reply
-(the request is aborted end to end); Ctrl+C at the prompt clears the line.
+`/reset` clears it, `/exit` or Ctrl+D quits. Ctrl+C at the prompt clears the line; while a
+reply streams it reaches the launcher, which stops the shell (the request is aborted).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 from contextlib import aclosing
 from typing import TextIO
@@ -70,10 +68,6 @@ class ChatShell:
             self.history.pop()
             self._print(f"error: {e}")
             return None
-        except asyncio.CancelledError:
-            self.history.pop()
-            self._print("\n(interrupted)")
-            return None
         text = "".join(reply)
         self.history.append({"role": "assistant", "content": text})
         return text
@@ -108,31 +102,13 @@ class ChatShell:
                 if not self._command(line):
                     break
                 continue
-            task = asyncio.ensure_future(self.turn(line))
-            loop = asyncio.get_running_loop()
-            try:  # Ctrl+C while streaming stops this reply only, not the shell
-                loop.add_signal_handler(signal.SIGINT, task.cancel)
-                handler = True
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                handler = False
-            try:
-                await task
-            finally:
-                if handler:
-                    loop.remove_signal_handler(signal.SIGINT)
+            await self.turn(line)
         self._print("bye")
 
 
-async def run_shell_async(frontend, args, session: PromptSession | None = None,
-                          out: TextIO | None = None) -> None:
-    """Start the frontend, run the REPL until /exit or Ctrl+D, stop the frontend."""
+async def run_shell(frontend, args, session: PromptSession | None = None,
+                    out: TextIO | None = None) -> None:
+    """The REPL until /exit or Ctrl+D. The launcher owns the frontend's lifetime (start is
+    idempotent, so calling it here is harmless) and cancels this coroutine on signals."""
     await frontend.start()
-    try:
-        await ChatShell(frontend, args, session, out).run()
-    finally:
-        await frontend.stop()
-
-
-def run_shell(frontend, args) -> None:
-    """Entry point for the launcher's --shell-mode (blocks; owns the event loop)."""
-    asyncio.run(run_shell_async(frontend, args))
+    await ChatShell(frontend, args, session, out).run()
