@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from minisgl.engine.sampler import Sampler, filter_logits, make_generator
+from minisgl.engine.sampler import Sampler, filter_logits, make_generator, token_logprobs
 from minisgl.sampling_params import SamplingParams
 
 INF = float("inf")
@@ -114,13 +114,15 @@ def test_filter_logits_top_k_keeps_exactly_k_best():
 
 
 @pytest.mark.parametrize(
-    "top_p, kept", [(0.3, [0]), (0.65, [0, 1]), (0.75, [0, 1, 2]), (0.95, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])]
+    "top_p, kept",
+    [(0.3, [0]), (0.65, [0, 1]), (0.75, [0, 1, 2]), (0.95, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])],
 )
 def test_filter_logits_top_p_keeps_smallest_prefix_reaching_p(top_p, kept):
     probs = torch.tensor([[0.1, 0.4, 0.2, 0.3]])  # sorted: 1, 3, 2, 0
     out = filter_logits(probs.log(), top_p=torch.tensor([top_p]))
     order = [1, 3, 2, 0]
-    assert sorted(torch.isfinite(out[0]).nonzero().flatten().tolist()) == sorted(order[j] for j in kept)
+    kept_ids = torch.isfinite(out[0]).nonzero().flatten().tolist()
+    assert sorted(kept_ids) == sorted(order[j] for j in kept)
 
 
 def test_filter_logits_k_bound_gives_same_support_as_full_sort():
@@ -169,8 +171,12 @@ def test_sampling_respects_top_k_top_p_min_p_support_per_row():
 def test_logprobs_are_raw_log_softmax_at_chosen_token():
     torch.manual_seed(5)
     logits = torch.randn(4, 30)
-    rows = [row(temperature=0.0, logprobs=0), row(temperature=0.5, logprobs=0, repetition_penalty=2.0,
-            prompt_ids=[1, 2, 3]), row(temperature=1.0), row(top_k=3, logprobs=0, seed=7)]
+    rows = [
+        row(temperature=0.0, logprobs=0),
+        row(temperature=0.5, logprobs=0, repetition_penalty=2.0, prompt_ids=[1, 2, 3]),
+        row(temperature=1.0),
+        row(top_k=3, logprobs=0, seed=7),
+    ]
     out = Sampler(30, [], "cpu")(logits, rows)
     raw = torch.log_softmax(logits, dim=-1)
     assert out.logprobs.dtype == torch.float32
@@ -198,3 +204,10 @@ def test_wrong_logits_shape_raises_value_error():
         sampler(torch.zeros(3, 10), [row()] * 2)
     with pytest.raises(ValueError, match="fewer than vocab_size"):
         sampler(torch.zeros(2, 8), [row()] * 2)
+
+
+def test_token_logprobs_ignore_padded_columns():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 50.0], [0.0, 0.0, 0.0, 50.0]])
+    out = token_logprobs(logits, torch.tensor([2, 0]), vocab_size=3)
+    expected = torch.log_softmax(logits[:, :3], dim=-1)[[0, 1], [2, 0]]
+    assert out.dtype == torch.float32 and torch.allclose(out, expected)

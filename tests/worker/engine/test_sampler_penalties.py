@@ -38,12 +38,14 @@ def test_repetition_penalty_divides_positive_multiplies_negative_seen_tokens():
 
 
 def test_repetition_penalty_below_one_boosts_seen_tokens():
-    out = apply_penalties(LOGITS[None].clone(), [row(output_ids=[2, 3], repetition_penalty=0.5)], [0])
+    r = row(output_ids=[2, 3], repetition_penalty=0.5)
+    out = apply_penalties(LOGITS[None].clone(), [r], [0])
     assert out[0].tolist() == [2.0, -1.0, 1.0, -1.5, 4.0, 1.0]
 
 
 def test_frequency_and_presence_penalties_count_output_only():
-    r = row(prompt_ids=[4, 5], output_ids=[0, 0, 0, 2], frequency_penalty=0.5, presence_penalty=0.25)
+    r = row(prompt_ids=[4, 5], output_ids=[0, 0, 0, 2],
+            frequency_penalty=0.5, presence_penalty=0.25)
     out = apply_penalties(LOGITS[None].clone(), [r], [0])
     expected = LOGITS.clone()
     expected[0] -= 0.5 * 3 + 0.25
@@ -100,7 +102,8 @@ def test_min_tokens_masks_eos_in_sampled_rows():
 
 def test_min_tokens_leaves_eos_alone_when_ignore_eos():
     logits = LOGITS[None].clone()
-    out = apply_min_tokens(logits, [row(min_tokens=2, ignore_eos=True, stop_token_ids=(0,))], [0], [4])
+    r = row(min_tokens=2, ignore_eos=True, stop_token_ids=(0,))
+    out = apply_min_tokens(logits, [r], [0], [4])
     assert out[0, 4].item() == 4.0
     assert out[0, 0].item() == float("-inf")
 

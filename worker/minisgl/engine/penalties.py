@@ -177,7 +177,7 @@ def apply_min_tokens(
     row_ids: Sequence[int],
     eos_token_ids: Sequence[int],
 ) -> torch.Tensor:
-    """Forbid stop_token_ids (and EOS unless ignore_eos, as vLLM) for rows still short of min_tokens."""
+    """Forbid stop_token_ids, and EOS unless ignore_eos (as vLLM), for rows short of min_tokens."""
     V = logits.shape[1]
     owners: list[int] = []
     tokens: list[int] = []

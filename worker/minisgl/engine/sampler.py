@@ -86,6 +86,15 @@ def filter_logits(
     return logits
 
 
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """log_softmax(logits[:, :vocab_size]) at token_ids: [N, V_padded], [N] -> [N] float32.
+
+    For prompt_logprobs: logits of prompt positions 0..L-2 and the prompt's tokens 1..L-1.
+    """
+    logprobs = torch.log_softmax(logits[:, :vocab_size].float(), dim=-1)
+    return logprobs.gather(1, token_ids[:, None].long()).squeeze(1)
+
+
 class Sampler:
     """Turns [B, V_padded] logits and the batch's rows into next tokens (+ logprobs)."""
 
