@@ -1,0 +1,31 @@
+"""Messages received by the scheduler (rank 0 from the detokenizer; ranks > 0 from rank 0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minisgl.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class UserMsg:
+    """A tokenized, validated request ready for `Scheduler.add_request`."""
+
+    uid: int
+    input_ids: list[int]
+    params: SamplingParams
+    arrival_time: float | None = None
+
+
+@dataclass(frozen=True)
+class AbortBackendMsg:
+    """Free everything the scheduler holds for `uid` (client gone or stop string hit)."""
+
+    uid: int
+
+
+@dataclass(frozen=True)
+class BatchBackendMsg:
+    """What rank 0 applied in one iteration, broadcast so every rank applies the same (maybe empty)."""
+
+    msgs: list[UserMsg | AbortBackendMsg] = field(default_factory=list)

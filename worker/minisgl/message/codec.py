@@ -1,0 +1,82 @@
+"""The one msgpack codec for every message that crosses a process boundary.
+
+Dataclasses travel as msgpack ext type 1 holding `[name, *field values]` and are rebuilt
+through the explicit `MESSAGE_TYPES` table (never pickle, never `globals()`); tuples travel
+as ext type 2 so they come back as tuples (frozen dataclasses keep their hashable fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgpack
+
+from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
+from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, StatsMsg
+from minisgl.message.tokenizer import AbortMsg, BatchTokenOutputMsg, TokenizedMsg, TokenizeMsg
+from minisgl.sampling_params import SamplingParams
+from minisgl.scheduler.types import SchedulerStats, TokenOutput
+
+_EXT_DATACLASS = 1
+_EXT_TUPLE = 2
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        # backend (scheduler)
+        UserMsg, AbortBackendMsg, BatchBackendMsg,
+        # tokenizer / detokenizer
+        TokenizeMsg, AbortMsg, TokenizedMsg, BatchTokenOutputMsg,
+        # frontend (API process)
+        ReplyChunk, BatchReplyMsg, ErrorMsg, StatsMsg,
+        # payload types owned by other modules
+        SamplingParams, TokenOutput, SchedulerStats,
+    )
+}
+# Field names in definition order, for the init=True fields only.
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls) if f.init) for cls in MESSAGE_TYPES.values()
+}
+
+
+def _default(obj: Any) -> msgpack.ExtType:
+    cls = type(obj)
+    fields = _FIELDS.get(cls)
+    if fields is not None:
+        payload = [cls.__name__, *(getattr(obj, name) for name in fields)]
+        return msgpack.ExtType(_EXT_DATACLASS, _pack(payload))
+    if cls is tuple:
+        return msgpack.ExtType(_EXT_TUPLE, _pack(list(obj)))
+    raise TypeError(f"cannot encode {cls.__name__}: not in the message table")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_TUPLE:
+        return tuple(_unpack(data))
+    if code == _EXT_DATACLASS:
+        name, *values = _unpack(data)
+        cls = MESSAGE_TYPES.get(name)
+        if cls is None:
+            raise ValueError(f"unknown message type {name!r}")
+        return cls(*values)
+    raise ValueError(f"unknown msgpack ext code {code}")
+
+
+def _pack(obj: Any) -> bytes:
+    # strict_types: tuples and dataclasses go through _default instead of becoming lists
+    return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+def encode(msg: Any) -> bytes:
+    """Encode a message (any dataclass in MESSAGE_TYPES, possibly nested) to bytes."""
+    return _pack(msg)
+
+
+def decode(data: bytes) -> Any:
+    """Inverse of `encode`."""
+    return _unpack(data)

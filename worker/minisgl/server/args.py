@@ -1,0 +1,157 @@
+"""Command line -> ServerArgs (frozen, validated before any process starts)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+from minisgl.config import ATTENTION_BACKENDS, CACHE_TYPES, DTYPES, SchedulerConfig
+
+ENV_API_KEY = "MINISGL_API_KEY"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    model_path: str
+    dtype: str = "auto"
+    tp_size: int = 1
+    host: str = "127.0.0.1"
+    port: int = 1919
+    num_tokenizer: int = 0
+    attention_backend: str = "auto"  # resolved by `resolved_attention_backend`
+    cache_type: str = "radix"
+    max_running_requests: int = 256
+    memory_ratio: float = 0.9
+    max_prefill_length: int = 8192
+    page_size: int = 1
+    num_pages: int | None = None
+    max_model_len: int | None = None
+    cuda_graph_max_bs: int = 0
+    dummy_weight: bool = False
+    device: str = "auto"  # resolved by `resolved_device`
+    seed: int = 0
+    served_model_name: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    shutdown_timeout: float = 30.0
+    log_level: str = "info"
+    shell_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in [0, 65535], got {self.port}")
+        if self.num_tokenizer < 0:
+            raise ValueError(f"--num-tokenizer must be >= 0, got {self.num_tokenizer}")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"--max-model-len must be >= 2, got {self.max_model_len}")
+        from minisgl.models import resolve_model_path
+
+        resolve_model_path(self.model_path)  # raises ValueError naming the problem
+        # Everything the engine checks (dtype, tp size, backend vs device, ...), checked now.
+        self.to_scheduler_config(0, dist_init_method="file:///validate")
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model_path
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def resolved_attention_backend(self) -> str:
+        if self.attention_backend != "auto":
+            return self.attention_backend
+        if self.resolved_device == "cuda" and importlib.util.find_spec("flashinfer"):
+            return "fi"
+        return "torch"
+
+    def to_scheduler_config(self, rank: int, dist_init_method: str | None = None) -> SchedulerConfig:
+        return SchedulerConfig(
+            model_path=self.model_path,
+            dtype=self.dtype,
+            device=self.resolved_device,
+            tp_rank=rank,
+            tp_size=self.tp_size,
+            page_size=self.page_size,
+            num_pages=self.num_pages,
+            memory_ratio=self.memory_ratio,
+            attention_backend=self.resolved_attention_backend,
+            dummy_weight=self.dummy_weight,
+            max_model_len=self.max_model_len,
+            cuda_graph_max_bs=self.cuda_graph_max_bs,
+            seed=self.seed,
+            dist_init_method=dist_init_method if self.tp_size > 1 else None,
+            cache_type=self.cache_type,
+            max_running_requests=self.max_running_requests,
+            max_prefill_length=self.max_prefill_length,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m minisgl",
+        description="Serve an LLM over an OpenAI-compatible HTTP API (or chat in a shell).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = ServerArgs.__dataclass_fields__
+    m = p.add_argument_group("model")
+    m.add_argument("--model-path", required=True,
+                   help="directory with config.json, safetensors and tokenizer, or 'demo'")
+    m.add_argument("--dtype", default=d["dtype"].default, choices=DTYPES)
+    m.add_argument("--dummy-weight", action="store_true", help="random weights (no checkpoint)")
+    m.add_argument("--served-model-name", default=None,
+                   help="model name in the API (default: --model-path)")
+    m.add_argument("--max-model-len", type=int, default=None,
+                   help="context length (default: from the model config)")
+    e = p.add_argument_group("engine")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1,
+                   help="tensor-parallel ranks (one process and GPU each)")
+    e.add_argument("--attention-backend", default="auto", choices=("auto", *ATTENTION_BACKENDS),
+                   help="auto: fi on cuda if FlashInfer is installed, else torch")
+    e.add_argument("--cache-type", default=d["cache_type"].default, choices=CACHE_TYPES)
+    e.add_argument("--max-running-requests", type=int, default=d["max_running_requests"].default)
+    e.add_argument("--memory-ratio", type=float, default=d["memory_ratio"].default,
+                   help="fraction of free GPU memory for weights + KV cache")
+    e.add_argument("--max-prefill-length", type=int, default=d["max_prefill_length"].default,
+                   help="tokens per prefill batch; longer prompts are chunked")
+    e.add_argument("--page-size", type=int, default=d["page_size"].default)
+    e.add_argument("--num-pages", type=int, default=None,
+                   help="KV cache pages (default: sized from --memory-ratio)")
+    e.add_argument("--cuda-graph-max-bs", type=int, default=0, help="0 disables CUDA graphs")
+    e.add_argument("--seed", type=int, default=0)
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default=d["host"].default)
+    s.add_argument("--port", type=int, default=d["port"].default)
+    s.add_argument("--num-tokenizer", type=int, default=0,
+                   help="tokenizer processes (0: the detokenizer also tokenizes)")
+    s.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' (default: ${ENV_API_KEY})")
+    s.add_argument("--shutdown-timeout", type=float, default=d["shutdown_timeout"].default,
+                   help="seconds to let in-flight requests finish after SIGTERM")
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    s.add_argument("--shell-mode", action="store_true", help="chat in the terminal instead of HTTP")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> ServerArgs:
+    """Parse and validate; on a bad value print one line and exit with status 2."""
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    if ns["api_key"] is None:
+        ns["api_key"] = os.environ.get(ENV_API_KEY) or None
+    try:
+        return ServerArgs(**ns)
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -1,0 +1,112 @@
+"""Incremental detokenization with stop strings, shared by the server and the offline LLM.
+
+Decoding token by token is wrong for two reasons: a character may span several tokens
+(byte-level BPE emits partial UTF-8, which decodes to U+FFFD) and some tokenizers drop or
+add a leading space depending on what precedes a token. So we decode a small sliding window
+(`prefix_offset`..end) and emit only the text beyond what the window's prefix decoded to.
+
+Stop strings may span tokens: text that could still be the start of a stop string is held
+back until it either completes one (cut there, never emitted unless include_stop_str_in_output)
+or diverges (emitted).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from minisgl.sampling_params import SamplingParams
+
+# Prompt tokens kept as decoding context so the first output token gets its leading space right.
+_PROMPT_CONTEXT = 5
+
+
+class DetokenizeResult(NamedTuple):
+    text: str  # new text to emit (may be "")
+    stopped: bool  # a stop string was found; text is final, feed no more tokens
+
+
+class IncrementalDetokenizer:
+    """Turns one choice's output token ids into text, chunk by chunk.
+
+    >>> detok = IncrementalDetokenizer(tokenizer, params, prompt_ids)
+    >>> text, stopped = detok.add([token_id])            # after every step
+    >>> text, stopped = detok.add([], finished=True)     # flush what was held back
+    """
+
+    def __init__(self, tokenizer: Any, params: SamplingParams, prompt_ids: list[int] | None = None):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = params.skip_special_tokens
+        self.stop = tuple(params.stop)
+        self.include_stop = params.include_stop_str_in_output
+        context = list(prompt_ids[-_PROMPT_CONTEXT:]) if prompt_ids else []
+        self._ids: list[int] = context
+        self._prefix_offset = 0
+        self._read_offset = len(context)
+        self._text = ""  # all output text decoded so far (emitted + held back)
+        self._emitted = 0  # chars of _text already returned
+        self._stopped = False
+
+    @property
+    def text(self) -> str:
+        """All text emitted so far."""
+        return self._text[: self._emitted]
+
+    def add(self, token_ids: list[int], finished: bool = False) -> DetokenizeResult:
+        """Feed new token ids; `finished=True` on the last call flushes held-back text."""
+        if self._stopped:
+            return DetokenizeResult("", True)
+        self._ids.extend(token_ids)
+        self._text += self._decode_new(force=finished)
+        if self.stop:
+            cut = self._find_stop()
+            if cut is not None:
+                self._stopped = True
+                return DetokenizeResult(self._take(cut), True)
+        end = len(self._text) if finished else len(self._text) - self._held_back()
+        return DetokenizeResult(self._take(end), False)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def _decode_new(self, force: bool) -> str:
+        if self._read_offset == len(self._ids):
+            return ""
+        prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        full = self._decode(self._ids[self._prefix_offset :])
+        if len(full) <= len(prefix) and not force:
+            return ""
+        if full.endswith("\ufffd") and not force:
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        return full[len(prefix) :]
+
+    def _find_stop(self) -> int | None:
+        """End (exclusive) of the text to emit if a stop string occurs in unemitted text."""
+        longest = max(len(s) for s in self.stop)
+        search_from = max(0, self._emitted - longest + 1)
+        best: tuple[int, int] | None = None
+        for s in self.stop:
+            pos = self._text.find(s, search_from)
+            if pos != -1 and (best is None or pos < best[0]):
+                best = (pos, len(s))
+        if best is None:
+            return None
+        pos, length = best
+        return max(pos + length if self.include_stop else pos, self._emitted)
+
+    def _held_back(self) -> int:
+        """Length of the longest unemitted suffix that is a proper prefix of some stop string."""
+        if not self.stop:
+            return 0
+        tail = self._text[self._emitted :]
+        for n in range(min(len(tail), max(len(s) for s in self.stop) - 1), 0, -1):
+            suffix = tail[-n:]
+            if any(s.startswith(suffix) for s in self.stop):
+                return n
+        return 0
+
+    def _take(self, end: int) -> str:
+        text = self._text[self._emitted : end]
+        self._emitted = max(self._emitted, end)
+        return text
