@@ -1,0 +1,146 @@
+"""Pure builders: a MiniSGLDeployment spec -> the Kubernetes objects it should own.
+
+`desired_objects` is the whole reconcile target; applying its result twice changes nothing.
+"""
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+from minisgl_operator import GROUP, KIND, VERSION
+from minisgl_operator.pod import build_pod_template, common_labels, selector_labels
+from minisgl_operator.rollout import RolloutPlan
+from minisgl_operator.spec import WorkerSpec
+
+HPA_METRICS = {"waiting-requests": "minisgl_num_waiting_requests", "kv-usage": "minisgl_kv_cache_usage_ratio"}
+# Kinds the operator may create and must delete again once the spec stops asking for them.
+OPTIONAL_KINDS = (
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+)
+
+
+class Owner(NamedTuple):
+    name: str
+    namespace: str
+    uid: str
+
+
+def _metadata(owner: Owner) -> dict:
+    return {
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "labels": common_labels(owner.name),
+        "ownerReferences": [{
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": owner.name,
+            "uid": owner.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }],
+    }
+
+
+def endpoint_url(owner: Owner, spec: WorkerSpec) -> str:
+    return f"http://{owner.name}.{owner.namespace}.svc:{spec.service_port}/v1"
+
+
+def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan) -> dict:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(owner.name)},
+            "strategy": plan.strategy,
+            "progressDeadlineSeconds": spec.progress_deadline_seconds,
+            "revisionHistoryLimit": 5,
+            "template": build_pod_template(owner.name, spec),
+        },
+    }
+
+
+def build_service(owner: Owner, spec: WorkerSpec) -> dict:
+    metadata = _metadata(owner)
+    if spec.service_annotations:
+        metadata["annotations"] = dict(spec.service_annotations)
+    service_spec: dict = {
+        "type": spec.service_type,
+        "selector": selector_labels(owner.name),
+        "ports": [{"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}],
+    }
+    if spec.cluster_ip:
+        service_spec["clusterIP"] = spec.cluster_ip
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": service_spec}
+
+
+def build_pdb(owner: Owner, spec: WorkerSpec) -> dict:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}},
+    }
+
+
+def _quantity(value: float) -> str:
+    """A Kubernetes quantity string: whole numbers stay whole, fractions become milli-units."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
+
+
+def build_hpa(owner: Owner, spec: WorkerSpec) -> dict:
+    """Scales the MiniSGLDeployment through its scale subresource, like `kubectl scale` does."""
+    if spec.autoscaling is None:
+        raise ValueError("build_hpa needs spec.autoscaling")
+    a = spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": owner.name},
+            "minReplicas": a.min_replicas,
+            "maxReplicas": a.max_replicas,
+            "metrics": [{
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": HPA_METRICS[a.metric]},
+                    "target": {"type": "AverageValue", "averageValue": _quantity(a.target)},
+                },
+            }],
+        },
+    }
+
+
+def build_service_monitor(owner: Owner, spec: WorkerSpec) -> dict:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _metadata(owner),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner.name)},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": spec.monitor_interval}],
+        },
+    }
+
+
+def desired_objects(
+    owner: Owner, spec: WorkerSpec, plan: RolloutPlan, service_monitor_available: bool
+) -> list[dict]:
+    """Every object this MiniSGLDeployment should own right now, in apply order."""
+    objects = [build_service(owner, spec), build_deployment(owner, spec, plan)]
+    if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
+        objects.append(build_pdb(owner, spec))
+    if spec.autoscaling is not None:
+        objects.append(build_hpa(owner, spec))
+    if spec.service_monitor and service_monitor_available:
+        objects.append(build_service_monitor(owner, spec))
+    return objects
+
+
+def stale_kinds(objects: list[Mapping]) -> list[tuple[str, str]]:
+    """Optional kinds missing from `objects`: delete the owned object of each, if any."""
+    present = {(o["apiVersion"], o["kind"]) for o in objects}
+    return [kind for kind in OPTIONAL_KINDS if kind not in present]

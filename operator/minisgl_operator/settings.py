@@ -1,0 +1,63 @@
+"""Operator configuration from command-line flags and MINISGL_OPERATOR_* environment variables."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+ENV_PREFIX = "MINISGL_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: watch every namespace (cluster-wide)
+    liveness: str | None = "http://0.0.0.0:8080/healthz"
+    resync_seconds: float = 30.0
+    log_level: str = "INFO"
+    peering: str | None = None  # kopf peering name for several replicas; None = standalone
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorConfig:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="python -m minisgl_operator",
+        description="Run the minisgl operator (reconciles MiniSGLDeployment resources).",
+    )
+    parser.add_argument(
+        "-n", "--namespace", action="append", dest="namespaces",
+        help="watch only this namespace (repeatable; env MINISGL_OPERATOR_NAMESPACES, comma-separated). "
+        "Default: every namespace.",
+    )
+    parser.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument(
+        "--liveness", default=env.get(ENV_PREFIX + "LIVENESS", OperatorConfig.liveness),
+        help="liveness endpoint URL served by kopf ('' disables; env MINISGL_OPERATOR_LIVENESS)",
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, default=float(env.get(ENV_PREFIX + "RESYNC_SECONDS", OperatorConfig.resync_seconds)),
+        help="how often every resource is reconciled and its status refreshed (env MINISGL_OPERATOR_RESYNC_SECONDS)",
+    )
+    parser.add_argument("--log-level", default=env.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--peering", default=env.get(ENV_PREFIX + "PEERING") or None,
+                        help="kopf peering name (needs the kopf peering CRD); default: standalone")
+    args = parser.parse_args(argv)
+    namespaces = args.namespaces or [n for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n.strip()]
+    if args.all_namespaces and args.namespaces:
+        raise ValueError("--all-namespaces and --namespace are exclusive")
+    if args.all_namespaces:
+        namespaces = []
+    if args.resync_seconds <= 0:
+        raise ValueError(f"--resync-seconds must be > 0, got {args.resync_seconds}")
+    return OperatorConfig(
+        namespaces=tuple(n.strip() for n in namespaces),
+        liveness=args.liveness or None,
+        resync_seconds=args.resync_seconds,
+        log_level=args.log_level,
+        peering=args.peering,
+    )

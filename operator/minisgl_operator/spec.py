@@ -1,0 +1,221 @@
+"""The MiniSGLDeployment spec as a typed, defaulted, validated value.
+
+The CRD's schema applies the same defaults and CEL rules at admission; parsing again here keeps
+the builders pure and correct for objects admitted before a rule existed (or without the CRD's
+defaulting, as in unit tests). A spec that cannot work raises ValueError with the reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+TP_SIZES = (1, 2, 4, 8)
+DEVICES = ("cuda", "cpu")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION_BACKENDS = ("torch", "fi", "fa3", "fa3,fi")
+CACHE_TYPES = ("radix", "naive")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+STRATEGIES = ("Auto", "RollingUpdate", "Recreate")
+METRICS = ("waiting-requests", "kv-usage")
+DEFAULT_TARGETS = {"waiting-requests": 4.0, "kv-usage": 0.8}
+MANAGED_FLAGS = ("--model-path", "--host", "--port", "--tp-size", "--device")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ModelCache:
+    pvc_name: str
+    mount_path: str = "/models"
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    metric: str
+    target: float
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    image: str
+    model_path: str
+    replicas: int = 1
+    image_pull_policy: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    served_model_name: str | None = None
+    token_secret: SecretRef | None = None
+    cache: ModelCache | None = None
+    tp_size: int = 1
+    device: str = "cuda"
+    dtype: str = "auto"
+    attention_backend: str | None = None
+    cache_type: str = "radix"
+    max_running_requests: int | None = None
+    max_prefill_length: int | None = None
+    page_size: int | None = None
+    memory_ratio: float | None = None
+    extra_args: tuple[str, ...] = ()
+    gpu: int = 1
+    cpu: Any = None
+    memory: Any = None
+    shared_memory: Any = "16Gi"
+    env: tuple[dict, ...] = ()
+    service_type: str = "ClusterIP"
+    service_port: int = 8000
+    cluster_ip: str | None = None
+    service_annotations: dict = field(default_factory=dict)
+    api_key_secret: SecretRef | None = None
+    node_selector: dict = field(default_factory=dict)
+    tolerations: tuple[dict, ...] = ()
+    affinity: dict | None = None
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None
+    startup_timeout_seconds: int = 1800
+    drain_timeout_seconds: int = 120
+    rollout_strategy: str = "Auto"
+    progress_deadline_seconds: int = 3600
+    service_monitor: bool = True
+    monitor_interval: str = "15s"
+    autoscaling: Autoscaling | None = None
+    pod_template: dict | None = None
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model_path
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return self.gpu if self.device == "cuda" else 0
+
+
+def _choice(value: Any, allowed: tuple, what: str) -> Any:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _int(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return value
+
+
+def _opt_int(value: Any, what: str, minimum: int) -> int | None:
+    return None if value is None else _int(value, what, minimum)
+
+
+def _secret(ref: Mapping | None, default_key: str, what: str) -> SecretRef | None:
+    if not ref:
+        return None
+    if not ref.get("name"):
+        raise ValueError(f"{what}.name is required")
+    return SecretRef(name=ref["name"], key=ref.get("key") or default_key)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> WorkerSpec:
+    """Turn a MiniSGLDeployment .spec into a WorkerSpec, or raise ValueError saying why not."""
+    if not spec.get("image"):
+        raise ValueError("spec.image is required")
+    model = spec.get("model") or {}
+    if not model.get("path"):
+        raise ValueError("spec.model.path is required")
+    engine = spec.get("engine") or {}
+    resources = spec.get("resources") or {}
+    service = spec.get("service") or {}
+    scheduling = spec.get("scheduling") or {}
+
+    tp = _choice(engine.get("tensorParallelSize", 1), TP_SIZES, "engine.tensorParallelSize")
+    device = _choice(engine.get("device", "cuda"), DEVICES, "engine.device")
+    gpu = _int(resources.get("gpu", tp if device == "cuda" else 0), "resources.gpu", 0)
+    if device == "cuda" and gpu < tp:
+        raise ValueError(
+            f"resources.gpu must be >= engine.tensorParallelSize (one GPU per tensor-parallel "
+            f"rank): gpu={gpu}, tensorParallelSize={tp}"
+        )
+    memory_ratio = engine.get("memoryRatio")
+    if memory_ratio is not None and not 0 < float(memory_ratio) <= 1:
+        raise ValueError(f"engine.memoryRatio must be in (0, 1], got {memory_ratio}")
+    extra_args = tuple(str(a) for a in engine.get("extraArgs") or ())
+    for arg in extra_args:
+        if any(arg == f or arg.startswith(f + "=") for f in MANAGED_FLAGS):
+            raise ValueError(f"engine.extraArgs must not set {arg.split('=')[0]}: the operator sets it")
+
+    cache = None
+    if model.get("cache"):
+        c = model["cache"]
+        if not c.get("pvcName"):
+            raise ValueError("model.cache.pvcName is required")
+        cache = ModelCache(c["pvcName"], c.get("mountPath") or "/models", bool(c.get("readOnly", False)))
+
+    autoscaling = None
+    if spec.get("autoscaling"):
+        a = spec["autoscaling"]
+        metric = _choice(a.get("metric", "waiting-requests"), METRICS, "autoscaling.metric")
+        lo = _int(a.get("minReplicas", 1), "autoscaling.minReplicas", 1)
+        hi = _int(a.get("maxReplicas", lo), "autoscaling.maxReplicas", 1)
+        if lo > hi:
+            raise ValueError(f"autoscaling.minReplicas must be <= autoscaling.maxReplicas ({lo} > {hi})")
+        target = float(a.get("target", DEFAULT_TARGETS[metric]))
+        if target <= 0:
+            raise ValueError(f"autoscaling.target must be > 0, got {target}")
+        autoscaling = Autoscaling(lo, hi, metric, target)
+
+    probes = spec.get("probes") or {}
+    shutdown = spec.get("shutdown") or {}
+    rollout = spec.get("rollout") or {}
+    monitoring = spec.get("monitoring") or {}
+    return WorkerSpec(
+        image=spec["image"],
+        model_path=model["path"],
+        replicas=_int(spec.get("replicas", 1), "spec.replicas", 0),
+        image_pull_policy=spec.get("imagePullPolicy"),
+        image_pull_secrets=tuple(s["name"] for s in spec.get("imagePullSecrets") or ()),
+        served_model_name=model.get("servedModelName"),
+        token_secret=_secret(model.get("tokenSecretRef"), "token", "model.tokenSecretRef"),
+        cache=cache,
+        tp_size=tp,
+        device=device,
+        dtype=_choice(engine.get("dtype", "auto"), DTYPES, "engine.dtype"),
+        attention_backend=(
+            None if engine.get("attentionBackend") is None
+            else _choice(engine["attentionBackend"], ATTENTION_BACKENDS, "engine.attentionBackend")
+        ),
+        cache_type=_choice(engine.get("cacheType", "radix"), CACHE_TYPES, "engine.cacheType"),
+        max_running_requests=_opt_int(engine.get("maxRunningRequests"), "engine.maxRunningRequests", 1),
+        max_prefill_length=_opt_int(engine.get("maxPrefillLength"), "engine.maxPrefillLength", 1),
+        page_size=_opt_int(engine.get("pageSize"), "engine.pageSize", 1),
+        memory_ratio=None if memory_ratio is None else float(memory_ratio),
+        extra_args=extra_args,
+        gpu=gpu,
+        cpu=resources.get("cpu"),
+        memory=resources.get("memory"),
+        shared_memory=resources.get("sharedMemory", "16Gi"),
+        env=tuple(spec.get("env") or ()),
+        service_type=_choice(service.get("type", "ClusterIP"), SERVICE_TYPES, "service.type"),
+        service_port=_int(service.get("port", 8000), "service.port", 1),
+        cluster_ip=service.get("clusterIP"),
+        service_annotations=dict(service.get("annotations") or {}),
+        api_key_secret=_secret(service.get("apiKeySecretRef"), "api-key", "service.apiKeySecretRef"),
+        node_selector=dict(scheduling.get("nodeSelector") or {}),
+        tolerations=tuple(scheduling.get("tolerations") or ()),
+        affinity=scheduling.get("affinity"),
+        priority_class_name=scheduling.get("priorityClassName"),
+        runtime_class_name=scheduling.get("runtimeClassName"),
+        startup_timeout_seconds=_int(probes.get("startupTimeoutSeconds", 1800), "probes.startupTimeoutSeconds", 10),
+        drain_timeout_seconds=_int(shutdown.get("drainTimeoutSeconds", 120), "shutdown.drainTimeoutSeconds", 0),
+        rollout_strategy=_choice(rollout.get("strategy", "Auto"), STRATEGIES, "rollout.strategy"),
+        progress_deadline_seconds=_int(rollout.get("progressDeadlineSeconds", 3600), "rollout.progressDeadlineSeconds", 60),
+        service_monitor=bool(monitoring.get("serviceMonitor", True)),
+        monitor_interval=monitoring.get("interval") or "15s",
+        autoscaling=autoscaling,
+        pod_template=spec.get("podTemplate") or None,
+    )

@@ -1,0 +1,172 @@
+"""Status of a MiniSGLDeployment, computed from its Deployment and pods (pure functions).
+
+Pod problems become condition reasons: an Unschedulable pod short of GPUs is `InsufficientGPU`
+(with the scheduler's message), image pull failures `ImagePullBackOff`, restart loops
+`CrashLoopBackOff`; a Deployment past its progress deadline `ProgressDeadlineExceeded`.
+"""
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Sequence
+
+from minisgl_operator import GPU_RESOURCE
+
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
+PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed")
+
+
+class Problem(NamedTuple):
+    reason: str
+    message: str
+
+
+class Event(NamedTuple):
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+class StatusUpdate(NamedTuple):
+    status: dict
+    events: list[Event]
+
+
+def pod_problem(pod: Mapping) -> Problem | None:
+    """The first thing keeping this pod from serving, as a condition reason, or None."""
+    name = pod.get("metadata", {}).get("name", "?")
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            message = cond.get("message") or "pod cannot be scheduled"
+            reason = "InsufficientGPU" if f"Insufficient {GPU_RESOURCE}" in message else "Unschedulable"
+            return Problem(reason, f"pod {name}: {message}")
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        detail = waiting.get("message") or reason
+        if reason in IMAGE_PULL_REASONS:
+            return Problem("ImagePullBackOff", f"pod {name}, container {cs.get('name')}: {detail}")
+        if reason == "CrashLoopBackOff":
+            return Problem("CrashLoopBackOff", f"pod {name}, container {cs.get('name')}: {detail}")
+    return None
+
+
+def _deployment_condition(deployment: Mapping | None, ctype: str) -> Mapping:
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return cond
+    return {}
+
+
+def _condition(ctype: str, ok: bool, reason: str, message: str, generation: int) -> dict:
+    return {"type": ctype, "status": "True" if ok else "False", "reason": reason,
+            "message": message, "observedGeneration": generation}
+
+
+def _merge_conditions(old: Sequence[Mapping], new: list[dict], now: str) -> tuple[list[dict], list[dict]]:
+    """Carry lastTransitionTime over unchanged conditions; return (conditions, changed ones)."""
+    previous = {c.get("type"): c for c in old or []}
+    merged, changed = [], []
+    for cond in new:
+        before = previous.get(cond["type"])
+        if before and before.get("status") == cond["status"]:
+            cond["lastTransitionTime"] = before.get("lastTransitionTime") or now
+        else:
+            cond["lastTransitionTime"] = now
+        if not before or (before.get("status"), before.get("reason")) != (cond["status"], cond["reason"]):
+            changed.append(cond)
+        merged.append(cond)
+    return merged, changed
+
+
+def compute_status(
+    *,
+    generation: int,
+    desired_replicas: int,
+    deployment: Mapping | None,
+    pods: Sequence[Mapping],
+    endpoint: str,
+    selector: str,
+    rollout: str,
+    previous: Mapping | None,
+    now: str,
+) -> StatusUpdate:
+    previous = previous or {}
+    dstatus = (deployment or {}).get("status") or {}
+    replicas = int(dstatus.get("replicas") or 0)
+    ready = int(dstatus.get("readyReplicas") or 0)
+    updated = int(dstatus.get("updatedReplicas") or 0)
+    live_pods = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+    problems = [p for p in map(pod_problem, live_pods) if p is not None]
+    progress = _deployment_condition(deployment, "Progressing")
+    deadline = progress.get("status") == "False" and progress.get("reason") == "ProgressDeadlineExceeded"
+    if deadline:
+        problems.insert(0, Problem("ProgressDeadlineExceeded", progress.get("message") or "rollout stalled"))
+    settled = (
+        deployment is not None
+        and (dstatus.get("observedGeneration") or 0) >= ((deployment.get("metadata") or {}).get("generation") or 0)
+        and updated >= desired_replicas and replicas == desired_replicas and ready >= desired_replicas
+    )
+    problem = problems[0] if problems else None
+
+    if problem is not None and problem.reason == "ProgressDeadlineExceeded":
+        phase = "Failed"
+    elif problem is not None:
+        phase = "Degraded"
+    elif settled:
+        phase = "Ready"
+    elif deployment is None or (replicas == 0 and desired_replicas > 0):
+        phase = "Pending"
+    else:
+        phase = "Progressing"
+
+    counts = f"{ready}/{desired_replicas} replicas ready"
+    if settled and problem is None:
+        ready_cond = _condition("Ready", True, "AllReplicasReady" if desired_replicas else "ScaledToZero", counts, generation)
+    elif problem is not None:
+        ready_cond = _condition("Ready", False, problem.reason, f"{counts}; {problem.message}", generation)
+    else:
+        ready_cond = _condition("Ready", False, "ReplicasNotReady", counts, generation)
+    if deadline:
+        progressing = _condition("Progressing", False, "ProgressDeadlineExceeded", problem.message, generation)
+    elif settled:
+        progressing = _condition("Progressing", False, "Complete", counts, generation)
+    else:
+        progressing = _condition("Progressing", True, "RollingOut",
+                                 f"{updated} updated, {replicas} total, {counts}", generation)
+    degraded = (_condition("Degraded", True, problem.reason, problem.message, generation) if problem
+                else _condition("Degraded", False, "AsExpected", "no pod problems", generation))
+
+    conditions, changed = _merge_conditions(previous.get("conditions") or [], [ready_cond, progressing, degraded], now)
+    events = []
+    for cond in changed:
+        bad = (cond["type"] == "Degraded") == (cond["status"] == "True")
+        events.append(Event("Warning" if bad and cond["type"] != "Progressing" else "Normal", cond["reason"],
+                            f"{cond['type']}={cond['status']}: {cond['message']}"))
+    if previous.get("phase") != phase:
+        events.append(Event("Warning" if phase in ("Degraded", "Failed") else "Normal", f"Phase{phase}",
+                            f"phase {previous.get('phase') or 'None'} -> {phase}"))
+    status = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "selector": selector,
+        "endpoint": endpoint,
+        "rolloutStrategy": rollout,
+        "conditions": conditions,
+    }
+    return StatusUpdate(status, events)
+
+
+def failed_status(generation: int, reason: str, message: str, previous: Mapping | None, now: str) -> StatusUpdate:
+    """Status for a spec that cannot work (the operator raised kopf.PermanentError)."""
+    previous = previous or {}
+    conds = [_condition("Ready", False, reason, message, generation),
+             _condition("Progressing", False, reason, message, generation),
+             _condition("Degraded", True, reason, message, generation)]
+    conditions, changed = _merge_conditions(previous.get("conditions") or [], conds, now)
+    events = [Event("Warning", reason, message)] if changed else []
+    status = {**{k: v for k, v in previous.items() if k != "conditions"},
+              "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
+    return StatusUpdate(status, events)
