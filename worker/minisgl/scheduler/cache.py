@@ -61,7 +61,7 @@ class CacheManager:
             self.cache.unlock(match.handle)
             return False
         req.slots, req.handle = match.slots.clone(), match.handle
-        req.kv_len = req.matched_len = matched
+        req.kv_len = req.matched_len = req.num_cached = matched
         req.reserved_pages = need
         self.outstanding += need
         req.admitted = True

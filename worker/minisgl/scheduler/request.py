@@ -24,6 +24,7 @@ class Req:
     slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     kv_len: int = 0  # tokens whose K/V is stored
     matched_len: int = 0  # leading slots owned by the prefix cache
+    num_cached: int = 0  # prompt tokens served from the prefix cache at admission
     handle: object = None  # locked prefix-cache node
     reserved_pages: int = 0  # pages promised at admission but not yet allocated
     admitted: bool = False

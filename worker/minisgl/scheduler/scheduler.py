@@ -98,7 +98,7 @@ class Scheduler:
                 if req.first_scheduled_time is None:
                     req.first_scheduled_time = now
                     if not req.params.prompt_logprobs:
-                        self._hit_tokens += req.matched_len
+                        self._hit_tokens += req.num_cached
                         self._query_tokens += req.prompt_len
             sample = [i for i, (r, n) in enumerate(zip(plan.reqs, plan.chunks))
                       if r.kv_len + n >= r.prompt_len and r.params.max_tokens > 0]
@@ -152,7 +152,7 @@ class Scheduler:
         if token is not None:
             req.output_ids.append(token)
         out = TokenOutput(uid=req.uid, index=req.index, token_id=token,
-                          num_prompt_tokens=req.prompt_len, num_cached_tokens=req.matched_len,
+                          num_prompt_tokens=req.prompt_len, num_cached_tokens=req.num_cached,
                           num_output_tokens=len(req.output_ids))
         if not req.sent_first:
             req.sent_first = True

@@ -1,0 +1,195 @@
+"""Scheduler behaviour: page accounting, aborts, memory pressure, finish reasons, n > 1."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from minisgl.config import SchedulerConfig
+from minisgl.errors import ContextTooLong, InvalidRequest
+from minisgl.sampling_params import SamplingParams
+from minisgl.scheduler.scheduler import Scheduler
+
+
+def make(model: str, **kw) -> Scheduler:
+    return Scheduler(SchedulerConfig(model_path=model, dtype="float32", **kw))
+
+
+def run_all(s: Scheduler, max_steps: int = 10_000) -> dict[tuple[int, int], list]:
+    """Step until idle; return (uid, index) -> list of outputs."""
+    outs: dict[tuple[int, int], list] = {}
+    for _ in range(max_steps):
+        if not s.has_work:
+            return outs
+        for o in s.step():
+            outs.setdefault((o.uid, o.index), []).append(o)
+    raise AssertionError("scheduler did not drain")
+
+
+def assert_no_leak(s: Scheduler) -> None:
+    """Everything not held by the prefix cache is free; evicting the cache frees all pages."""
+    cm = s.cache
+    assert cm.outstanding == 0
+    assert cm.cache.protected_size == 0
+    assert cm.pool.num_free + cm.cache.evictable_size // cm.page_size == cm.pool.num_total
+    freed = cm.cache.evict(cm.pool.num_total * cm.page_size)
+    if freed.numel():
+        cm.pool.free_slots(freed)
+    assert cm.pool.num_free == cm.pool.num_total
+
+
+def prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 400) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
+
+
+@pytest.mark.parametrize("cache_type", ["radix", "naive"])
+def test_pages_never_leak_after_mixed_workload(tiny_llama, cache_type):
+    s = make(tiny_llama, cache_type=cache_type, page_size=2, max_prefill_length=32)
+    for uid, p in enumerate(prompts(12, 1, 50)):
+        s.add_request(uid, p, SamplingParams(max_tokens=uid % 7, temperature=0.0, ignore_eos=True))
+    outs = run_all(s)
+    assert len(outs) == 12
+    for (uid, _), seq in outs.items():
+        assert seq[-1].finished and seq[-1].finish_reason == "length"
+        assert len([o for o in seq if o.token_id is not None]) == uid % 7
+    assert_no_leak(s)
+
+
+@pytest.mark.parametrize("cache_type", ["radix", "naive"])
+def test_abort_mid_prefill_frees_everything(tiny_llama, cache_type):
+    s = make(tiny_llama, cache_type=cache_type, max_prefill_length=16)
+    s.add_request(1, prompts(1, 100, 100)[0], SamplingParams(max_tokens=20))
+    s.step()  # first 16-token chunk only
+    assert s.running and not s.running[0].prefill_done
+    assert s.cache.pool.num_used > 0
+    s.abort(1)
+    out = s.step()
+    assert [(o.uid, o.finished, o.finish_reason) for o in out] == [(1, True, "abort")]
+    assert not s.has_work
+    assert_no_leak(s)
+
+
+def test_abort_mid_decode_frees_everything(tiny_llama):
+    s = make(tiny_llama)
+    s.add_request(1, [5, 6, 7, 8], SamplingParams(max_tokens=50, ignore_eos=True))
+    s.add_request(2, [9, 10], SamplingParams(max_tokens=5, ignore_eos=True, temperature=0))
+    for _ in range(4):
+        s.step()
+    s.abort(1)
+    outs = run_all(s)
+    assert outs[(1, 0)][-1].finish_reason == "abort"
+    assert outs[(2, 0)][-1].finish_reason == "length"
+    assert_no_leak(s)
+
+
+def test_abort_of_waiting_request_and_unknown_uid(tiny_llama):
+    s = make(tiny_llama)
+    s.add_request(1, [5, 6], SamplingParams(max_tokens=3))
+    s.abort(1)
+    s.abort(999)  # unknown: ignored
+    outs = run_all(s)
+    assert outs[(1, 0)][-1].finish_reason == "abort"
+    assert_no_leak(s)
+
+
+def test_memory_pressure_finishes_every_request(tiny_llama):
+    # 48 pages x 4 tokens = 192 token slots; each request needs up to 90.
+    s = make(tiny_llama, page_size=4, num_pages=48, max_prefill_length=64)
+    ps = prompts(24, 20, 60, seed=1)
+    for uid, p in enumerate(ps):
+        s.add_request(uid, p, SamplingParams(max_tokens=30, ignore_eos=True))
+    peak = 0
+    outs: dict = {}
+    while s.has_work:
+        for o in s.step():
+            outs.setdefault(o.uid, []).append(o)
+        peak = max(peak, s.cache.pool.num_used)
+        assert s.cache.pool.num_used <= s.cache.pool.num_total
+    assert len(outs) == 24
+    assert all(seq[-1].finish_reason == "length" and seq[-1].num_output_tokens == 30
+               for seq in outs.values())
+    assert peak > 24  # the pool was really under pressure
+    assert_no_leak(s)
+
+
+def test_request_larger_than_kv_cache_is_rejected(tiny_llama):
+    s = make(tiny_llama, page_size=4, num_pages=8)
+    with pytest.raises(ContextTooLong, match="KV cache"):
+        s.add_request(1, list(range(3, 30)), SamplingParams(max_tokens=10))
+    assert not s.has_work
+
+
+def test_context_length_and_bad_input_rejected(tiny_llama):
+    s = make(tiny_llama)
+    with pytest.raises(ContextTooLong, match="context length"):
+        s.add_request(1, [5] * 500, SamplingParams(max_tokens=100))
+    with pytest.raises(InvalidRequest, match="empty"):
+        s.add_request(2, [], SamplingParams())
+    with pytest.raises(InvalidRequest, match="out of range"):
+        s.add_request(3, [10**6], SamplingParams())
+    with pytest.raises(InvalidRequest, match="temperature"):
+        s.add_request(4, [5], SamplingParams(temperature=-1))
+    s.add_request(5, [5, 6], SamplingParams(max_tokens=2))
+    with pytest.raises(InvalidRequest, match="duplicate"):
+        s.add_request(5, [5, 6], SamplingParams(max_tokens=2))
+    assert run_all(s)[(5, 0)][-1].finished
+
+
+def test_stop_token_ids_and_eos_end_with_stop(tiny_llama):
+    s = make(tiny_llama)
+    p = [5, 6, 7]
+    s.add_request(1, p, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    greedy = [o.token_id for o in run_all(s)[(1, 0)] if o.token_id is not None]
+    stop_at = greedy[3]
+    s.add_request(2, p, SamplingParams(max_tokens=8, temperature=0.0, stop_token_ids=(stop_at,)))
+    seq = run_all(s)[(2, 0)]
+    assert [o.token_id for o in seq] == greedy[: greedy.index(stop_at) + 1]
+    assert seq[-1].finish_reason == "stop"
+    s.eos_token_ids.append(stop_at)  # the same token as EOS: stops unless ignore_eos
+    s.add_request(3, p, SamplingParams(max_tokens=8, temperature=0.0))
+    assert run_all(s)[(3, 0)][-1].finish_reason == "stop"
+    s.add_request(4, p, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    assert run_all(s)[(4, 0)][-1].finish_reason == "length"
+    s.add_request(5, p, SamplingParams(max_tokens=8, temperature=0.0, min_tokens=8))
+    assert run_all(s)[(5, 0)][-1].num_output_tokens == 8
+    assert_no_leak(s)
+
+
+def test_n_choices_share_the_prompt_kv(tiny_llama):
+    s = make(tiny_llama)
+    prompt = prompts(1, 40, 40)[0]
+    s.add_request(7, prompt, SamplingParams(n=4, max_tokens=10, seed=123, ignore_eos=True))
+    outs = run_all(s)
+    assert sorted(outs) == [(7, i) for i in range(4)]
+    texts = {tuple(o.token_id for o in seq if o.token_id is not None) for seq in outs.values()}
+    assert len(texts) > 1  # different seeds per choice
+    cached = sorted(seq[0].num_cached_tokens for seq in outs.values())
+    assert cached[0] == 0 and all(c == 39 for c in cached[1:])
+    assert_no_leak(s)
+
+
+def test_seeded_sampling_is_deterministic(tiny_llama):
+    def run(extra: int) -> list[int]:
+        s = make(tiny_llama)
+        s.add_request(1, [5, 6, 7], SamplingParams(max_tokens=12, seed=42, top_p=0.9))
+        for uid in range(extra):  # other traffic must not change a seeded request
+            s.add_request(100 + uid, [8, 9], SamplingParams(max_tokens=12))
+        return [o.token_id for o in run_all(s)[(1, 0)] if o.token_id is not None]
+
+    assert run(0) == run(3)
+
+
+def test_stats_report_queue_and_usage(tiny_llama):
+    s = make(tiny_llama, max_running_requests=2)
+    for uid in range(5):
+        s.add_request(uid, [5, 6, 7], SamplingParams(max_tokens=5, ignore_eos=True))
+    assert s.stats().num_waiting == 5
+    s.step()
+    st = s.stats()
+    assert st.num_running == 2 and st.num_waiting == 3 and st.kv_used_pages > 0
+    run_all(s)
+    st = s.stats()
+    assert st.num_running == 0 and st.num_waiting == 0 and st.kv_used_pages == 0
+    assert st.prefix_hit_tokens_total > 0 and st.prefix_query_tokens_total == 15
