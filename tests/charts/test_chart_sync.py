@@ -62,3 +62,16 @@ def test_namespaced_watch_splits_rules_without_widening_them() -> None:
     assert not set(cluster) & namespaced
     assert all(r.split("/")[0] in {"customresourcedefinitions", "namespaces", "nodes", "clusterkopfpeerings"}
                for _, r, _ in cluster), cluster
+
+
+@pytest.mark.e2e
+def test_cluster_wide_pod_read_is_opt_in_for_namespaced_watch() -> None:
+    helm = helm_binary()
+
+    def cluster_grants(values: dict) -> set:
+        return {g for role in by_kind(render(helm, values), "ClusterRole") for g in _grants(role["rules"])}
+
+    base = {"watch.scope": "namespaces"}
+    assert not {g for g in cluster_grants(base) if g[1] == "pods"}
+    opted = {g for g in cluster_grants({**base, "rbac.readPodsClusterWide": True}) if g[1] == "pods"}
+    assert opted == {("", "pods", v) for v in ("get", "list", "watch")}

@@ -84,11 +84,12 @@ so they stay in one even when the operator watches single namespaces.
 {{- define "minisgl-operator.rules" -}}
 {{- $clusterResources := list "customresourcedefinitions" "namespaces" "nodes" "clusterkopfpeerings" "persistentvolumes" "storageclasses" "priorityclasses" "runtimeclasses" "clusterroles" "clusterrolebindings" }}
 {{- $rules := list }}
-{{- range (.ctx.Files.Get "files/rbac.yaml" | fromYamlArray) }}
+{{- range $rule := (.ctx.Files.Get "files/rbac.yaml" | fromYamlArray) }}
 {{- $kept := list }}
 {{- range (.resources | default list) }}
 {{- $base := (split "/" .)._0 }}
-{{- if eq (has $base $clusterResources) $.clusterScoped }}
+{{- $podRead := and (eq $base "pods") $.ctx.Values.rbac.readPodsClusterWide (not (without $rule.verbs "get" "list" "watch")) }}
+{{- if or (eq (has $base $clusterResources) $.clusterScoped) (and $.clusterScoped $podRead) }}
 {{- $kept = append $kept . }}
 {{- end }}
 {{- end }}
