@@ -174,10 +174,18 @@ class Sampler:
         scaled = filter_logits(scaled, top_k, top_p, min_p, k_bound)
         probs = scaled.softmax(dim=-1)  # [B, V] f32, 0 outside the support
 
-        noise = torch.empty(B, V, dtype=torch.float32, device=device).exponential_()
+        noise = _exponential(torch.empty(B, V, dtype=torch.float32, device=device))
         for i, row in enumerate(rows):
             if row.generator is not None and not row.params.greedy:
-                noise[i].exponential_(generator=row.generator)
+                _exponential(noise[i], row.generator)
         # Exp(1) can return 0; 0 / 0 would be NaN, which argmax prefers.
         noise.clamp_min_(torch.finfo(torch.float32).tiny)
         return (probs / noise).argmax(dim=-1)
+
+
+def _exponential(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill out with Exp(1) noise in place. On CPU -log(U) is several times faster than
+    exponential_; on CUDA exponential_ is one fused kernel."""
+    if out.device.type == "cpu":
+        return out.uniform_(generator=generator).log_().neg_()
+    return out.exponential_(generator=generator)
