@@ -240,7 +240,8 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
                     text, lp = builder._echo(p)
                     choices.append({"index": idx, "text": text, "logprobs": lp,
                                     "finish_reason": None})
-            has_new = bool(chunk.text or chunk.token_ids or chunk.finished)
+            # A token that ends mid-character has no text yet: send it with the next one.
+            has_new = bool(chunk.text or chunk.finished or (builder.want_logprobs and chunk.token_ids))
             if has_new:
                 lp = builder._logprobs(idx, start, 0) if builder.want_logprobs else None
                 fin = c.finish_reason if chunk.finished else None
