@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import itertools
+
+import kubernetes_validate
+import pytest
+
+from minisgl_operator import GPU_RESOURCE, GROUP, KIND, VERSION
+from minisgl_operator.builders import Owner, build_hpa, desired_objects, stale_kinds
+from minisgl_operator.pod import selector_labels, worker_args
+from minisgl_operator.rollout import IN_PLACE, RolloutPlan, plan_rollout
+from minisgl_operator.spec import parse_spec
+
+K8S_VERSION = "1.37.0"  # newest schema set kubernetes-validate ships; the e2e cluster runs v1.37.2
+OWNER = Owner("qwen", "llm", "0b1c2d3e-0000-4000-8000-000000000001")
+
+
+def make_spec(tp: int, pvc: bool, secret: bool, autoscale: bool, template: bool) -> dict:
+    spec: dict = {
+        "image": "ghcr.io/x/minisgl-worker:0.1.0",
+        "replicas": 2,
+        "model": {"path": "Qwen/Qwen3-8B"},
+        "engine": {"tensorParallelSize": tp, "attentionBackend": "fa3,fi", "memoryRatio": 0.85,
+                   "maxRunningRequests": 128, "extraArgs": ["--num-tokenizer", "2"]},
+        "resources": {"cpu": "8", "memory": "64Gi"},
+        "scheduling": {"nodeSelector": {"gpu": "h100"},
+                       "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]},
+    }
+    if pvc:
+        spec["model"]["cache"] = {"pvcName": "models"}
+    if secret:
+        spec["model"]["tokenSecretRef"] = {"name": "hf-token"}
+        spec["service"] = {"apiKeySecretRef": {"name": "api"}}
+    if autoscale:
+        spec["autoscaling"] = {"minReplicas": 2, "maxReplicas": 6, "metric": "kv-usage", "target": 0.75}
+    if template:
+        spec["podTemplate"] = {
+            "metadata": {"labels": {"team": "llm", "app.kubernetes.io/instance": "hijack"}},
+            "spec": {"containers": [{"name": "worker", "imagePullPolicy": "Always"},
+                                    {"name": "sidecar", "image": "busybox:1.36", "command": ["sleep", "inf"]}],
+                     "hostIPC": True},
+        }
+    return spec
+
+
+# Every combination of the optional features, each TP size in four of them (schema checks cost ~0.1s).
+MATRIX = [((1, 2, 4, 8)[i % 4], *features)
+          for i, features in enumerate(itertools.product((False, True), repeat=4))]
+
+
+@pytest.mark.parametrize("tp, pvc, secret, autoscale, template", MATRIX)
+def test_every_built_object_is_valid_kubernetes(tp, pvc, secret, autoscale, template):
+    spec = parse_spec(make_spec(tp, pvc, secret, autoscale, template))
+    objects = desired_objects(OWNER, spec, plan_rollout(spec, {}), service_monitor_available=True)
+    kinds = [o["kind"] for o in objects]
+    assert kinds[:3] == ["Service", "Deployment", "PodDisruptionBudget"]
+    assert ("HorizontalPodAutoscaler" in kinds) == autoscale
+    for obj in objects:
+        if obj["kind"] == "ServiceMonitor":
+            continue  # not a core schema; checked below
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        assert obj["metadata"]["ownerReferences"] == [{
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": OWNER.name, "uid": OWNER.uid,
+            "controller": True, "blockOwnerDeletion": True}]
+    pod = objects[1]["spec"]["template"]
+    worker = pod["spec"]["containers"][0]
+    assert worker["resources"]["limits"][GPU_RESOURCE] == tp
+    assert worker["args"][worker["args"].index("--tp-size") + 1] == str(tp)
+    assert pod["metadata"]["labels"].items() >= selector_labels(OWNER.name).items()
+    env = {e["name"] for e in worker.get("env", [])}
+    assert ("HF_HOME" in env) == pvc
+    assert {"HF_TOKEN", "MINISGL_API_KEY"} <= env if secret else not env & {"HF_TOKEN", "MINISGL_API_KEY"}
+    if template:
+        assert worker["imagePullPolicy"] == "Always" and pod["spec"]["hostIPC"] is True
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["worker", "sidecar"]
+        assert pod["metadata"]["labels"]["team"] == "llm"
+
+
+def test_worker_pod_has_shm_probes_drain_and_scrape_annotations():
+    spec = parse_spec({**make_spec(8, True, False, False, False),
+                       "probes": {"startupTimeoutSeconds": 3600}, "shutdown": {"drainTimeoutSeconds": 300}})
+    pod = desired_objects(OWNER, spec, plan_rollout(spec, {}), False)[1]["spec"]["template"]
+    worker = pod["spec"]["containers"][0]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "models"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in worker["volumeMounts"]
+    startup = worker["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert "preStop" in worker["lifecycle"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] > 300
+    assert worker["args"][worker["args"].index("--shutdown-timeout") + 1] == "300"
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert worker["command"] == ["python", "-m", "minisgl"]
+
+
+def test_worker_cli_accepts_the_generated_flags():
+    args_mod = pytest.importorskip("minisgl.server.args")
+    spec = parse_spec(make_spec(2, True, True, False, False))
+    parsed = args_mod.build_parser().parse_args(worker_args(spec))
+    assert parsed.tp_size == 2 and parsed.port == 8000 and parsed.host == "0.0.0.0"
+    assert parsed.attention_backend == "fa3,fi" and parsed.device == "cuda"
+
+
+def test_pdb_only_with_more_than_one_replica_and_monitor_only_when_its_api_exists():
+    one = parse_spec({**make_spec(1, False, False, False, False), "replicas": 1})
+    kinds = [o["kind"] for o in desired_objects(OWNER, one, plan_rollout(one, {}), False)]
+    assert kinds == ["Service", "Deployment"]
+    assert {k for _, k in stale_kinds([])} == {"PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor"}
+    kinds = [o["kind"] for o in desired_objects(OWNER, one, plan_rollout(one, {}), True)]
+    assert kinds == ["Service", "Deployment", "ServiceMonitor"]
+    off = parse_spec({**make_spec(1, False, False, False, False), "monitoring": {"serviceMonitor": False}})
+    assert "ServiceMonitor" not in [o["kind"] for o in desired_objects(OWNER, off, plan_rollout(off, {}), True)]
+
+
+def test_hpa_scales_the_custom_resource_on_a_worker_metric():
+    spec = parse_spec({**make_spec(1, False, False, False, False),
+                       "autoscaling": {"maxReplicas": 4, "metric": "waiting-requests", "target": 8}})
+    hpa = build_hpa(OWNER, spec)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": OWNER.name}
+    metric = hpa["spec"]["metrics"][0]["pods"]
+    assert metric["metric"]["name"] == "minisgl_num_waiting_requests"
+    assert metric["target"]["averageValue"] == "8"
+
+
+def test_deployment_takes_the_rollout_plan_and_service_targets_the_named_port():
+    spec = parse_spec(make_spec(4, False, False, False, False))
+    objs = desired_objects(OWNER, spec, RolloutPlan(IN_PLACE, "x"), False)
+    service, deployment = objs[0], objs[1]
+    assert deployment["spec"]["strategy"] == IN_PLACE
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
