@@ -1,0 +1,60 @@
+"""examples/*.yaml are ready to apply: each MiniSGLDeployment passes the CRD's schema and the
+operator's own spec checks, and every other object the Kubernetes OpenAPI schema."""
+from __future__ import annotations
+
+import sys
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.charts.helm import KUBE_VERSIONS, REPO
+
+sys.path.insert(0, str(REPO / "operator"))
+
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+CRD = yaml.safe_load((REPO / "crds" / "minisgl.io_minisgldeployments.yaml").read_text())
+
+
+def crd_schema() -> dict:
+    [version] = [v for v in CRD["spec"]["versions"] if v["storage"]]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_examples_exist() -> None:
+    assert [p.name for p in EXAMPLES] == ["deployment.yaml", "tp4-autoscaling.yaml"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_objects_are_valid(path) -> None:
+    from minisgl_operator.spec import parse_spec
+
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    resources = [d for d in docs if d["kind"] == "MiniSGLDeployment"]
+    assert len(resources) == 1
+    for doc in docs:
+        if doc["kind"] == "MiniSGLDeployment":
+            assert doc["apiVersion"] == f"{CRD['spec']['group']}/v1alpha1"
+            # OpenAPI v3 as Kubernetes uses it: draft-4 style exclusiveMinimum: true.
+            jsonschema.Draft4Validator(crd_schema()).validate(doc)
+            parse_spec(doc["spec"])  # the operator's checks (CEL rules included) accept it
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_first_example_is_qwen3_on_one_gpu_with_monitoring() -> None:
+    spec = yaml.safe_load((REPO / "examples" / "deployment.yaml").read_text())["spec"]
+    assert spec["model"]["path"].startswith("Qwen/Qwen3-")
+    assert spec["engine"]["tensorParallelSize"] == 1 and spec["resources"]["gpu"] == 1
+    assert spec["monitoring"]["serviceMonitor"] is True
+
+
+def test_tp4_example_autoscales_on_four_gpus_per_pod() -> None:
+    from minisgl_operator.spec import parse_spec
+
+    doc = next(d for d in yaml.safe_load_all((REPO / "examples" / "tp4-autoscaling.yaml").read_text())
+               if d["kind"] == "MiniSGLDeployment")
+    spec = parse_spec(doc["spec"])
+    assert spec.tp_size == 4 and spec.gpu == 4
+    assert spec.autoscaling is not None and spec.autoscaling.max_replicas > spec.autoscaling.min_replicas
