@@ -20,6 +20,7 @@ PLURALS = {
     "Service": "services",
     "Pod": "pods",
     "Node": "nodes",
+    "Event": "events",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ServiceMonitor": "servicemonitors",

@@ -1,0 +1,321 @@
+"""envtest-style Kubernetes control plane for the operator's e2e tests.
+
+etcd + kube-apiserver + kube-controller-manager on 127.0.0.1 (free ports, certificates and
+service-account keys made here), no scheduler and no kubelet: Deployments get ReplicaSets and
+Pods, garbage collection and the HPA run, and tests write pod status themselves.
+Binaries come from .ci/build_kube.sh (cached under ~/.cache/minisgl/kube/<version>/bin).
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / ".ci" / "build_kube.sh"
+KUBE_VERSION = os.environ.get("MINISGL_KUBE_VERSION", "v1.37.2")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+T = TypeVar("T")
+
+
+def required() -> bool:
+    return os.environ.get("MINISGL_REQUIRE_E2E") == "1"
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - the last error is reported on timeout
+            last_error = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_error!r}" if last_error else ""))
+
+
+def find_binaries() -> Path:
+    """The bin directory, building it with .ci/build_kube.sh when MINISGL_REQUIRE_E2E=1."""
+    cache = Path(os.environ.get("MINISGL_KUBE_CACHE", Path.home() / ".cache" / "minisgl" / "kube"))
+    bin_dir = cache / KUBE_VERSION / "bin"
+    if all((bin_dir / b).exists() for b in BINARIES):
+        return bin_dir
+    if not required():
+        pytest.skip(f"Kubernetes binaries missing in {bin_dir}: run .ci/build_kube.sh (or set MINISGL_REQUIRE_E2E=1)")
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_pki(d: Path) -> None:
+    """CA, API server serving cert, admin + operator client certs, service-account key pair."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    def name(cn: str, org: str | None = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if org:
+            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        return x509.Name(attrs)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("minisgl-e2e-ca")).issuer_name(name("minisgl-e2e-ca"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def issue(stem: str, subject: x509.Name, server: bool) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1)))
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.DNSName("kubernetes.default.svc"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+            ]), critical=False)
+        (d / f"{stem}.crt").write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        (d / f"{stem}.key").write_bytes(key_pem(key))
+
+    issue("apiserver", name("kube-apiserver"), server=True)
+    issue("admin", name("admin", "system:masters"), server=False)
+    issue("operator", name("minisgl-operator"), server=False)  # bound to rbac.yaml's rules only
+    sa_key = ec.generate_private_key(ec.SECP256R1())
+    (d / "sa.key").write_bytes(key_pem(sa_key))
+    (d / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _kubeconfig(d: Path, server: str, user: str) -> Path:
+    path = d / f"{user}.kubeconfig"
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster: {{server: "{server}", certificate-authority: "{d / 'ca.crt'}"}}
+users:
+- name: {user}
+  user: {{client-certificate: "{d / f'{user}.crt'}", client-key: "{d / f'{user}.key'}"}}
+contexts:
+- name: e2e
+  context: {{cluster: e2e, user: {user}, namespace: default}}
+current-context: e2e
+""")
+    return path
+
+
+class Cluster:
+    """A running control plane. `kubeconfig` is cluster-admin; `operator_kubeconfig` is the
+    user `minisgl-operator`, whom tests bind to the operator's own RBAC rules."""
+
+    def __init__(self, bin_dir: Path, workdir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.dir = workdir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.dir / f"{name}.log", "wb")
+        proc = subprocess.Popen([str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def start(self, timeout: float = 120) -> "Cluster":
+        d = self.dir
+        _write_pki(d)
+        etcd_port, peer_port = free_port(), free_port()
+        self._spawn("etcd", [
+            "--data-dir", str(d / "etcd"), "--name", "e2e", "--log-level", "warn", "--unsafe-no-fsync",
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster", f"e2e=http://127.0.0.1:{peer_port}",
+        ])
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
+            f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--client-ca-file={d / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={d / 'sa.pub'}", f"--service-account-signing-key-file={d / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
+            "--disable-admission-plugins=ServiceAccount", "--enable-priority-and-fairness=false",
+            "--profiling=false", "--v=1",
+        ])
+        admin = _kubeconfig(d, self.server, "admin")
+        _kubeconfig(d, self.server, "operator")
+        try:
+            wait_for(self._ready, timeout, "kube-apiserver /readyz")
+        except Exception:
+            self._check_alive()
+            raise
+        self._spawn("kube-controller-manager", [
+            f"--kubeconfig={admin}", f"--authentication-kubeconfig={admin}", f"--authorization-kubeconfig={admin}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
+            f"--service-account-private-key-file={d / 'sa.key'}", f"--root-ca-file={d / 'ca.crt'}",
+            "--controllers=deployment-controller,replicaset-controller,garbage-collector-controller,"
+            "horizontal-pod-autoscaler-controller,serviceaccount-controller,namespace-controller",
+            "--horizontal-pod-autoscaler-sync-period=1s", "--concurrent-deployment-syncs=2", "--v=1",
+        ])
+        return self
+
+    def _ready(self) -> bool:
+        self._check_alive()
+        out = self.kubectl("get", "--raw=/readyz", check=False)
+        return out.returncode == 0 and out.stdout.strip() == "ok"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "admin.kubeconfig"
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        return self.dir / "operator.kubeconfig"
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None,
+                kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
+        out = subprocess.run([str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+                             input=stdin, capture_output=True, text=True, timeout=60)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr}")
+        return out
+
+    def api_client(self, kubeconfig: Path | None = None):
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+class OperatorProcess:
+    """`python -m minisgl_operator` as a subprocess against the test cluster."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 1.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.resync_seconds = resync_seconds
+        self.liveness_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "OperatorProcess":
+        env = dict(os.environ)
+        paths = [str(REPO / "operator"), str(REPO / "worker"), env.get("PYTHONPATH", "")]
+        env.update(KUBECONFIG=str(self.kubeconfig), PYTHONPATH=os.pathsep.join(p for p in paths if p),
+                   MINISGL_OPERATOR_RESYNC_SECONDS=str(self.resync_seconds))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "minisgl_operator", "--all-namespaces",
+             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._live, timeout, "operator liveness endpoint")
+        return self
+
+    def _live(self) -> bool:
+        import httpx
+
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited: {self.log()[-3000:]}")
+        return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2).status_code == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+def bind_operator_rbac(cluster: Cluster) -> None:
+    """ClusterRole from the operator's packaged rbac.yaml, bound to the user the operator runs as."""
+    import yaml
+
+    rules = yaml.safe_load((REPO / "operator" / "minisgl_operator" / "rbac.yaml").read_text())
+    docs = [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "minisgl-operator"}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "minisgl-operator"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "minisgl-operator"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "minisgl-operator"}]},
+    ]
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+
+
+def install_crd(cluster: Cluster, path: Path) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(path))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(path))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    bin_dir = find_binaries()
+    c = Cluster(bin_dir, tmp_path_factory.mktemp("kube")).start()
+    try:
+        install_crd(c, REPO / "crds" / "minisgl.io_minisgldeployments.yaml")
+        bind_operator_rbac(c)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster):
+    op = OperatorProcess(cluster.operator_kubeconfig, cluster.dir / "operator.log").start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        if os.environ.get("MINISGL_E2E_SHOW_LOGS"):
+            print(op.log()[-20000:])

@@ -1,0 +1,220 @@
+"""The operator (a `python -m minisgl_operator` subprocess with only its rbac.yaml permissions)
+against a real API server + controller manager: owned objects, status and events, scale, HPA,
+GPU-aware rollout, InsufficientGPU, adoption, restart, garbage collection."""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from minisgl_operator.kube import Kube, object_path
+from tests.e2e.kube import Cluster, OperatorProcess, cluster, operator, wait_for  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+TIMEOUT = 60
+GROUP_VERSION = "minisgl.io/v1alpha1"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: Cluster) -> Kube:
+    return Kube(cluster.api_client())
+
+
+@pytest.fixture
+def ns(kube: Kube) -> str:
+    name = f"t{next(_names)}"
+    kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+    return name
+
+
+def create(kube: Kube, ns: str, name: str, **spec: Any) -> dict:
+    body = {"apiVersion": GROUP_VERSION, "kind": "MiniSGLDeployment", "metadata": {"name": name},
+            "spec": {"image": "ghcr.io/x/minisgl-worker:0.1.0", "model": {"path": "Qwen/Qwen3-8B"}, **spec}}
+    return kube.request("POST", object_path(GROUP_VERSION, "MiniSGLDeployment", ns), body=body)
+
+
+def patch_spec(kube: Kube, ns: str, name: str, spec: dict) -> None:
+    kube.request("PATCH", object_path(GROUP_VERSION, "MiniSGLDeployment", ns, name), body={"spec": spec},
+                 content_type="application/merge-patch+json")
+
+
+def get(kube: Kube, api_version: str, kind: str, ns: str, name: str) -> dict | None:
+    return kube.get(object_path(api_version, kind, ns, name))
+
+
+def msgl(kube: Kube, ns: str, name: str) -> dict:
+    return get(kube, GROUP_VERSION, "MiniSGLDeployment", ns, name) or {}
+
+
+def condition(obj: dict, ctype: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+def pods(kube: Kube, ns: str) -> list[dict]:
+    return [p for p in kube.list(object_path("v1", "Pod", ns)) if not p["metadata"].get("deletionTimestamp")]
+
+
+def write_pod_status(kube: Kube, pod: dict, status: dict) -> None:
+    """What kubelet / kube-scheduler would write: there are none in this cluster."""
+    path = object_path("v1", "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]) + "/status"
+    kube.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+
+def mark_ready(kube: Kube, pod: dict) -> None:
+    now = "2026-01-01T00:00:00Z"
+    conds = [{"type": t, "status": "True", "lastTransitionTime": now}
+             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
+    write_pod_status(kube, pod, {"phase": "Running", "conditions": conds, "containerStatuses": [{
+        "name": "worker", "ready": True, "started": True, "restartCount": 0, "image": "img", "imageID": "",
+        "state": {"running": {"startedAt": now}}}]})
+
+
+def events(kube: Kube, ns: str, name: str) -> list[dict]:
+    return [e for e in kube.list(object_path("v1", "Event", ns)) if e["involvedObject"]["name"] == name]
+
+
+def test_create_makes_owned_objects_then_ready_status_and_events(kube, ns, operator):
+    cr = create(kube, ns, "qwen", replicas=2, engine={"tensorParallelSize": 2},
+                model={"path": "Qwen/Qwen3-8B", "cache": {"pvcName": "models"}, "tokenSecretRef": {"name": "hf"}})
+    uid = cr["metadata"]["uid"]
+    dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "qwen"), TIMEOUT, "Deployment")
+    svc = get(kube, "v1", "Service", ns, "qwen")
+    pdb = get(kube, "policy/v1", "PodDisruptionBudget", ns, "qwen")
+    for obj in (dep, svc, pdb):
+        assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [uid]
+        assert obj["metadata"]["ownerReferences"][0]["controller"] is True
+    managers = {m["manager"] for m in dep["metadata"]["managedFields"] if m["operation"] == "Apply"}
+    assert managers == {"minisgl-operator"}
+    worker = dep["spec"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in worker["env"]
+    assert svc["spec"]["ports"][0]["port"] == 8000
+    assert get(kube, "autoscaling/v2", "HorizontalPodAutoscaler", ns, "qwen") is None
+
+    # The controller manager makes the pods; this cluster has no kubelet, so the test is one.
+    two = wait_for(lambda: len(pods(kube, ns)) == 2 and pods(kube, ns), TIMEOUT, "2 pods")
+    assert msgl(kube, ns, "qwen").get("status", {}).get("phase") in (None, "Pending", "Progressing")
+    for pod in two:
+        mark_ready(kube, pod)
+    ready = wait_for(lambda: msgl(kube, ns, "qwen").get("status", {}).get("phase") == "Ready" and msgl(kube, ns, "qwen"),
+                     TIMEOUT, "phase Ready")
+    status = ready["status"]
+    assert status["readyReplicas"] == 2 and status["replicas"] == 2
+    assert status["observedGeneration"] == ready["metadata"]["generation"]
+    assert status["endpoint"] == f"http://qwen.{ns}.svc:8000/v1"
+    assert condition(ready, "Ready")["status"] == "True" and condition(ready, "Degraded")["status"] == "False"
+    reasons = wait_for(lambda: {e["reason"] for e in events(kube, ns, "qwen")} >= {"AllReplicasReady", "PhaseReady"}
+                       and {e["reason"] for e in events(kube, ns, "qwen")}, TIMEOUT, "Ready events")
+    assert "AllReplicasReady" in reasons
+
+
+def test_unschedulable_pod_reports_insufficient_gpu(kube, ns, operator):
+    create(kube, ns, "big", engine={"tensorParallelSize": 8})
+    pod = wait_for(lambda: pods(kube, ns) and pods(kube, ns)[0], TIMEOUT, "a pod")
+    message = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are available."
+    write_pod_status(kube, pod, {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]})
+    cr = wait_for(lambda: condition(msgl(kube, ns, "big"), "Degraded").get("reason") == "InsufficientGPU"
+                  and msgl(kube, ns, "big"), TIMEOUT, "InsufficientGPU")
+    assert cr["status"]["phase"] == "Degraded"
+    assert "4 Insufficient nvidia.com/gpu" in condition(cr, "Degraded")["message"]
+    assert condition(cr, "Ready")["status"] == "False"
+    warnings = wait_for(lambda: [e for e in events(kube, ns, "big") if e["type"] == "Warning"
+                                 and e["reason"] == "InsufficientGPU"], TIMEOUT, "InsufficientGPU event")
+    assert "Insufficient nvidia.com/gpu" in warnings[0]["message"]
+
+
+def test_scale_update_and_hpa_through_the_scale_subresource(kube, ns, operator, cluster):
+    create(kube, ns, "s", replicas=2)
+    wait_for(lambda: get(kube, "policy/v1", "PodDisruptionBudget", ns, "s"), TIMEOUT, "PDB")
+    cluster.kubectl("scale", "-n", ns, "msgl/s", "--replicas=1")
+    wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "s")["spec"]["replicas"] == 1, TIMEOUT, "scale to 1")
+    wait_for(lambda: get(kube, "policy/v1", "PodDisruptionBudget", ns, "s") is None, TIMEOUT, "PDB pruned")
+
+    patch_spec(kube, ns, "s", {"engine": {"maxRunningRequests": 64}, "autoscaling": {"minReplicas": 3, "maxReplicas": 5}})
+    hpa = wait_for(lambda: get(kube, "autoscaling/v2", "HorizontalPodAutoscaler", ns, "s"), TIMEOUT, "HPA")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": GROUP_VERSION, "kind": "MiniSGLDeployment", "name": "s"}
+    args = get(kube, "apps/v1", "Deployment", ns, "s")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-running-requests") + 1] == "64"
+    # The HPA controller raises the custom resource to minReplicas via /scale; the operator follows.
+    wait_for(lambda: msgl(kube, ns, "s")["spec"]["replicas"] == 3, TIMEOUT, "HPA scales the CR to 3")
+    wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "s")["spec"]["replicas"] == 3, TIMEOUT, "Deployment at 3")
+
+    patch_spec(kube, ns, "s", {"autoscaling": None})
+    wait_for(lambda: get(kube, "autoscaling/v2", "HorizontalPodAutoscaler", ns, "s") is None, TIMEOUT, "HPA pruned")
+
+
+def test_gpu_aware_rollout_surges_only_when_a_node_has_room(kube, ns, operator):
+    create(kube, ns, "r", engine={"tensorParallelSize": 4})
+    strategy = lambda: (get(kube, "apps/v1", "Deployment", ns, "r") or {}).get("spec", {}).get("strategy", {})  # noqa: E731
+    wait_for(lambda: strategy().get("rollingUpdate", {}).get("maxSurge") == 0, TIMEOUT, "in place on a GPU-less cluster")
+    node = f"gpu-node-{ns}"
+    kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": node}})
+    kube.request("PATCH", f"/api/v1/nodes/{node}/status", content_type="application/merge-patch+json",
+                 body={"status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}})
+    wait_for(lambda: strategy().get("rollingUpdate", {}).get("maxSurge") == 1, TIMEOUT, "surge once 8 GPUs are free")
+    assert "surge" in msgl(kube, ns, "r")["status"]["rolloutStrategy"]
+    kube.request("DELETE", f"/api/v1/nodes/{node}")
+    patch_spec(kube, ns, "r", {"rollout": {"strategy": "Recreate"}})
+    wait_for(lambda: strategy().get("type") == "Recreate", TIMEOUT, "forced Recreate")
+
+
+def test_existing_service_is_adopted_and_service_monitor_follows_its_crd(kube, ns, operator, cluster):
+    kube.request("POST", object_path("v1", "Service", ns), body={
+        "metadata": {"name": "a", "labels": {"keep": "me"}},
+        "spec": {"selector": {"app.kubernetes.io/instance": "a"}, "ports": [{"name": "http", "port": 8000}]}})
+    cr = create(kube, ns, "a")
+    svc = wait_for(lambda: (get(kube, "v1", "Service", ns, "a")["metadata"].get("ownerReferences") or [None])[0]
+                   and get(kube, "v1", "Service", ns, "a"), TIMEOUT, "Service adopted")
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+    assert svc["spec"]["selector"]["app.kubernetes.io/instance"] == "a"
+    assert get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "a") is None
+    cluster.kubectl("apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
+    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    sm = wait_for(lambda: get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "a"), TIMEOUT, "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_rejected_objects_fail_the_resource_permanently(kube, ns, operator):
+    create(kube, ns, "bad", podTemplate={"spec": {"restartPolicy": "Never"}})  # Deployments need Always
+    cr = wait_for(lambda: msgl(kube, ns, "bad").get("status", {}).get("phase") == "Failed" and msgl(kube, ns, "bad"),
+                  TIMEOUT, "phase Failed")
+    assert condition(cr, "Degraded")["reason"] == "ApplyRejected"
+    assert "restartPolicy" in condition(cr, "Degraded")["message"]
+
+
+def test_operator_restart_resumes_without_duplicates_and_delete_collects_garbage(kube, ns, operator):
+    create(kube, ns, "z", replicas=2)
+    wait_for(lambda: get(kube, "policy/v1", "PodDisruptionBudget", ns, "z"), TIMEOUT, "PDB")
+    operator.stop()
+    patch_spec(kube, ns, "z", {"replicas": 4, "engine": {"cacheType": "naive"}})
+    operator.start()
+    dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "z")["spec"]["replicas"] == 4
+                   and get(kube, "apps/v1", "Deployment", ns, "z"), TIMEOUT, "resumed at 4 replicas")
+    assert "naive" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert len(kube.list(object_path("apps/v1", "Deployment", ns))) == 1
+    assert len(kube.list(object_path("v1", "Service", ns))) == 1
+    assert len(kube.list(object_path("policy/v1", "PodDisruptionBudget", ns))) == 1
+
+    kube.request("DELETE", object_path(GROUP_VERSION, "MiniSGLDeployment", ns, "z"))
+    wait_for(lambda: not msgl(kube, ns, "z"), TIMEOUT, "custom resource deleted")
+    for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget")):
+        wait_for(lambda: get(kube, api_version, kind, ns, "z") is None, TIMEOUT, f"{kind} garbage-collected")
+
+
+SERVICE_MONITOR_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"""

@@ -1,0 +1,75 @@
+"""The CRD against a real kube-apiserver: structural schema, defaults, CEL rules rejecting bad
+specs at `kubectl apply` with readable messages, immutability, scale subresource, printer columns."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.kube import Cluster, cluster  # noqa: F401 - module-scoped fixture
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+NS = "default"
+
+
+def manifest(name: str, **spec) -> str:
+    body = {"apiVersion": "minisgl.io/v1alpha1", "kind": "MiniSGLDeployment", "metadata": {"name": name},
+            "spec": {"image": "ghcr.io/x/minisgl-worker:0.1.0", "model": {"path": "Qwen/Qwen3-8B"}, **spec}}
+    return json.dumps(body)
+
+
+def apply(cluster: Cluster, name: str, dry_run: bool = True, **spec):
+    args = ["apply", "-n", NS, "-f", "-"] + (["--dry-run=server"] if dry_run else [])
+    return cluster.kubectl(*args, stdin=manifest(name, **spec), check=False)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"engine": {"tensorParallelSize": 3}}, 'spec.engine.tensorParallelSize: Unsupported value: 3'),
+    ({"engine": {"tensorParallelSize": 4}, "resources": {"gpu": 2}},
+     "resources.gpu must be >= engine.tensorParallelSize (one GPU per tensor-parallel rank)"),
+    ({"engine": {"memoryRatio": 0}}, "spec.engine.memoryRatio: Invalid value"),
+    ({"engine": {"memoryRatio": 1.5}}, "spec.engine.memoryRatio: Invalid value"),
+    ({"replicas": -1}, "spec.replicas: Invalid value"),
+    ({"autoscaling": {"minReplicas": 4, "maxReplicas": 2}}, "autoscaling.minReplicas must be <= autoscaling.maxReplicas"),
+    ({"engine": {"extraArgs": ["--port", "9"]}}, "engine.extraArgs must not set --model-path"),
+    ({"engine": {"dtype": "int4"}}, "spec.engine.dtype: Unsupported value"),
+    ({"rollout": {"strategy": "BlueGreen"}}, "spec.rollout.strategy: Unsupported value"),
+])
+def test_bad_specs_are_rejected_at_apply_with_a_readable_message(cluster, spec, message):
+    out = apply(cluster, "bad", **spec)
+    assert out.returncode != 0, out.stdout
+    assert message in out.stderr, out.stderr
+
+
+def test_cpu_workers_may_have_no_gpu_and_tp_gpus_may_exceed(cluster):
+    assert apply(cluster, "cpu", engine={"device": "cpu", "tensorParallelSize": 2}, resources={"gpu": 0}).returncode == 0
+    assert apply(cluster, "big", engine={"tensorParallelSize": 2}, resources={"gpu": 4}).returncode == 0
+
+
+def test_defaults_are_filled_in(cluster):
+    out = apply(cluster, "defaults", dry_run=False)
+    assert out.returncode == 0, out.stderr
+    spec = json.loads(cluster.kubectl("get", "msgl", "defaults", "-n", NS, "-o", "json").stdout)["spec"]
+    assert spec["replicas"] == 1
+    assert spec["engine"]["tensorParallelSize"] == 1 and spec["engine"]["device"] == "cuda"
+    assert spec["probes"]["startupTimeoutSeconds"] == 1800
+    assert spec["rollout"]["strategy"] == "Auto"
+    assert spec["service"] == {"type": "ClusterIP", "port": 8000}
+
+
+def test_cluster_ip_is_immutable(cluster):
+    assert apply(cluster, "headless", dry_run=False, service={"clusterIP": "None"}).returncode == 0
+    for change in ({"clusterIP": "10.0.0.9"}, {}):
+        out = apply(cluster, "headless", service=change)
+        assert out.returncode != 0 and "service.clusterIP is immutable" in out.stderr, out.stderr
+    assert apply(cluster, "headless", service={"clusterIP": "None", "port": 9000}).returncode == 0
+
+
+def test_kubectl_scale_and_printer_columns(cluster):
+    assert apply(cluster, "scaled", dry_run=False, engine={"tensorParallelSize": 4}).returncode == 0
+    cluster.kubectl("scale", "-n", NS, "msgl/scaled", "--replicas=3")
+    spec = json.loads(cluster.kubectl("get", "msgl", "scaled", "-n", NS, "-o", "json").stdout)["spec"]
+    assert spec["replicas"] == 3
+    table = cluster.kubectl("get", "msgl", "scaled", "-n", NS).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "READY", "REPLICAS", "MODEL", "TP", "AGE"]
+    assert table[1].split()[1:4] == ["3", "Qwen/Qwen3-8B", "4"]
