@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -52,8 +53,6 @@ def run_helm(helm: str, *args: str, check: bool = True) -> subprocess.CompletedP
 
 def set_args(values: dict[str, Any]) -> list[str]:
     """Turn {"a.b": value} into --set-json flags (exact types, lists and maps included)."""
-    import json
-
     out: list[str] = []
     for key, value in values.items():
         out += ["--set-json", f"{key}={json.dumps(value)}"]

@@ -2,6 +2,8 @@
 is valid against the real Kubernetes OpenAPI schemas (kubernetes-validate)."""
 from __future__ import annotations
 
+import json
+
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -127,8 +129,6 @@ def test_optional_objects_follow_their_toggles(helm: str) -> None:
 
 
 def test_dashboard_configmaps_carry_the_sidecar_label_and_json(helm: str) -> None:
-    import json
-
     maps = by_kind(render(helm), "ConfigMap")
     assert sorted(k for m in maps for k in m["data"]) == ["deployment-detail.json", "fleet-overview.json"]
     for m in maps:

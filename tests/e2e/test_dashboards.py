@@ -3,6 +3,7 @@ Prometheus: a CPU `python -m minisgl --model-path demo`, Debian's prometheus at 
 interval, some traffic, then each panel query must return data through Prometheus' HTTP API."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -175,8 +176,6 @@ def test_every_panel_query_returns_data(dashboard: Path, prometheus: Process, tr
 
 @pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda p: p.stem)
 def test_every_template_variable_lists_the_target(dashboard: Path, prometheus: Process, traffic: None) -> None:
-    import json
-
     for var in json.loads(dashboard.read_text())["templating"]["list"]:
         if var["type"] != "query":
             continue
