@@ -88,6 +88,11 @@ class FrontendManager:
             logger.error("server failed: %s", reason)
         self._fail_all(reason)
 
+    def cut_off(self, reason: str) -> None:
+        """Stop admitting requests and end every live one with ServiceUnavailable."""
+        self.draining = True
+        self._fail_all(reason)
+
     @property
     def ready(self) -> bool:
         return self._started and not self.draining and self.failure is None

@@ -44,8 +44,9 @@ class Children:
         self.acks: Any = self.ctx.Queue()
         self.procs: dict[str, mp.process.BaseProcess] = {}
 
-    def spawn(self, name: str, target: Callable, spec: Any) -> None:
-        proc = self.ctx.Process(target=target, args=(spec, self.acks), name=name, daemon=True)
+    def spawn(self, name: str, target: Callable, spec: Any, settings: Any = None) -> None:
+        args = (spec, self.acks) if settings is None else (spec, self.acks, settings)
+        proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         proc.start()
         self.procs[name] = proc
         logger.info("started %s (pid %d)", name, proc.pid)
@@ -100,29 +101,33 @@ class Children:
 
 
 def start_children(args: ServerArgs, endpoints: Endpoints, children: Children) -> dict:
-    """Both start-up waves; returns rank 0's ack info (max_model_len, eos_token_ids)."""
+    """Spawn everyone at once; returns rank 0's ack info (max_model_len, eos_token_ids).
+
+    The (de)tokenizers load their tokenizer while the model loads, then wait for rank 0's
+    ack info on their `settings` queue before they ack themselves.
+    """
     from minisgl.scheduler.process import SchedulerSpec, scheduler_main
     from minisgl.tokenizer.detokenizer import DetokenizerSpec, detokenizer_main
     from minisgl.tokenizer.worker import TokenizerSpec, tokenizer_main
 
-    names = []
-    for rank in range(args.tp_size):
+    schedulers = [f"scheduler{rank}" for rank in range(args.tp_size)]
+    for rank, name in enumerate(schedulers):
         config = args.to_scheduler_config(rank, endpoints.dist_init_method)
-        names.append(f"scheduler{rank}")
-        children.spawn(names[-1], scheduler_main, SchedulerSpec(config, endpoints, args.log_level))
-    info = children.wait_acks(names)["scheduler0"]
-
-    max_model_len = int(info["max_model_len"])
+        children.spawn(name, scheduler_main, SchedulerSpec(config, endpoints, args.log_level))
+    settings = {"detokenizer": children.ctx.SimpleQueue()}
     children.spawn("detokenizer", detokenizer_main, DetokenizerSpec(
-        args.model_path, max_model_len, tuple(info["eos_token_ids"]), endpoints.detokenizer,
-        endpoints.scheduler, endpoints.frontend, args.log_level))
-    names = ["detokenizer"]
+        args.model_path, endpoints.detokenizer, endpoints.scheduler, endpoints.frontend,
+        args.log_level), settings["detokenizer"])
     for i in range(args.num_tokenizer):
-        names.append(f"tokenizer{i}")
-        children.spawn(names[-1], tokenizer_main, TokenizerSpec(
-            i, args.model_path, max_model_len, endpoints.tokenizer(i), endpoints.detokenizer,
-            endpoints.frontend, args.log_level))
-    children.wait_acks(names)
+        name = f"tokenizer{i}"
+        settings[name] = children.ctx.SimpleQueue()
+        children.spawn(name, tokenizer_main, TokenizerSpec(
+            i, args.model_path, endpoints.tokenizer(i), endpoints.detokenizer,
+            endpoints.frontend, args.log_level), settings[name])
+    info = children.wait_acks(schedulers)["scheduler0"]
+    for q in settings.values():
+        q.put(info)
+    children.wait_acks(list(settings))
     return info
 
 
@@ -145,6 +150,7 @@ class Supervisor:
         self.exit_code = 0
         self._stop: Callable[[bool], None] = lambda force: None
         self._draining: asyncio.Task | None = None
+        self._stopping = False
 
     def install(self, loop: asyncio.AbstractEventLoop, stop: Callable[[bool], None]) -> None:
         """`stop(force)` ends serving; force=True skips any grace period."""
@@ -164,17 +170,23 @@ class Supervisor:
         if self.exit_code:
             return
         proc = self.children.procs[name]
-        proc.join(0)
+        proc.join(1.0)  # the sentinel fires as the process exits; reap it for its exit code
         reason = f"{name} (pid {proc.pid}) exited with code {proc.exitcode}"
         logger.error("%s: shutting down", reason)
         self.exit_code = 1
         self.frontend.mark_failed(reason)
-        self._stop(True)
+        self._stop(False)  # live requests were just failed, so the graceful stop is quick
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if sig == signal.SIGINT or self._draining is not None:
-            logger.info("%s: stopping now", sig.name)
+        if self._stopping:
+            logger.info("%s again: exiting now", sig.name)
             self._stop(True)
+            return
+        if sig == signal.SIGINT or self._draining is not None:
+            logger.info("%s: stopping", sig.name)
+            self._stopping = True
+            self.frontend.cut_off(f"the server is stopping ({sig.name})")
+            self._stop(False)
             return
         logger.info("SIGTERM: draining %d in-flight requests (up to %.0fs)",
                     self.frontend.in_flight, self.args.shutdown_timeout)
@@ -187,8 +199,10 @@ class Supervisor:
             await asyncio.sleep(0.05)
         if self.frontend.in_flight:
             logger.warning("shutdown timeout: %d requests cut off", self.frontend.in_flight)
+            self.frontend.cut_off("the server is stopping (shutdown timeout)")
         else:
             logger.info("drained")
+        self._stopping = True
         self._stop(False)
 
 
@@ -197,7 +211,8 @@ async def _serve_http(args: ServerArgs, frontend: Any, supervisor: Supervisor) -
 
     config = uvicorn.Config(
         create_app(frontend, args), host=args.host, port=args.port, log_level=args.log_level,
-        access_log=args.log_level == "debug", timeout_graceful_shutdown=max(1, int(args.shutdown_timeout)),
+        access_log=args.log_level == "debug",
+        timeout_graceful_shutdown=5,  # we drained already; this only bounds writing responses
     )
     server = _Server(config)
 

@@ -123,28 +123,29 @@ class DetokenizeManager:
 @dataclass(frozen=True)
 class DetokenizerSpec:
     model_path: str
-    max_model_len: int
-    eos_token_ids: tuple[int, ...]
     listen: str
     scheduler: str
     frontend: str
     log_level: str = "info"
 
 
-def detokenizer_main(spec: DetokenizerSpec, ack_queue: Any) -> None:
-    """Process entry point (spawn target)."""
+def detokenizer_main(spec: DetokenizerSpec, ack_queue: Any, settings: Any) -> None:
+    """Process entry point (spawn target). `settings` delivers the scheduler's ack info
+    (max_model_len, eos_token_ids) once rank 0 is up, so we load the tokenizer meanwhile."""
     from minisgl.utils.proc import run_child
 
-    run_child("detokenizer", ack_queue, spec.log_level, lambda ack: _serve(spec, ack))
+    run_child("detokenizer", ack_queue, spec.log_level, lambda ack: _serve(spec, ack, settings))
 
 
-def _serve(spec: DetokenizerSpec, ack: Callable[[dict], None]) -> None:
+def _serve(spec: DetokenizerSpec, ack: Callable[[dict], None], settings: Any) -> None:
     from minisgl.tokenizer.worker import TokenizeManager, load_tokenizer, model_vocab_size
     from minisgl.utils.zmq import PullQueue, PushQueue
 
     tokenizer = load_tokenizer(spec.model_path)
-    tokenize = TokenizeManager(tokenizer, spec.max_model_len, model_vocab_size(spec.model_path))
-    manager = DetokenizeManager(tokenizer, spec.eos_token_ids)
+    vocab_size = model_vocab_size(spec.model_path)
+    info = settings.get()
+    tokenize = TokenizeManager(tokenizer, int(info["max_model_len"]), vocab_size)
+    manager = DetokenizeManager(tokenizer, info["eos_token_ids"])
     inbox: PullQueue[Any] = PullQueue(spec.listen, bind=True)
     to_scheduler: PushQueue[BatchBackendMsg] = PushQueue(spec.scheduler, bind=False)
     to_frontend: PushQueue[BatchReplyMsg | ErrorMsg] = PushQueue(spec.frontend, bind=False)

@@ -91,26 +91,27 @@ class TokenizerSpec:
 
     rank: int
     model_path: str
-    max_model_len: int
     listen: str  # endpoint to bind
     detokenizer: str
     frontend: str
     log_level: str = "info"
 
 
-def tokenizer_main(spec: TokenizerSpec, ack_queue: Any) -> None:
-    """Process entry point (spawn target)."""
+def tokenizer_main(spec: TokenizerSpec, ack_queue: Any, settings: Any) -> None:
+    """Process entry point (spawn target). `settings` delivers the scheduler's ack info
+    (max_model_len, ...) once rank 0 is up, so we load the tokenizer meanwhile."""
     from minisgl.utils.proc import run_child
 
-    run_child(f"tokenizer{spec.rank}", ack_queue, spec.log_level, lambda ack: _serve(spec, ack))
+    run_child(f"tokenizer{spec.rank}", ack_queue, spec.log_level,
+              lambda ack: _serve(spec, ack, settings))
 
 
-def _serve(spec: TokenizerSpec, ack: Callable[[dict], None]) -> None:
+def _serve(spec: TokenizerSpec, ack: Callable[[dict], None], settings: Any) -> None:
     from minisgl.utils.zmq import PullQueue, PushQueue
 
-    manager = TokenizeManager(
-        load_tokenizer(spec.model_path), spec.max_model_len, model_vocab_size(spec.model_path)
-    )
+    tokenizer = load_tokenizer(spec.model_path)
+    vocab_size = model_vocab_size(spec.model_path)
+    manager = TokenizeManager(tokenizer, int(settings.get()["max_model_len"]), vocab_size)
     inbox: PullQueue[TokenizeMsg | AbortMsg] = PullQueue(spec.listen, bind=True)
     to_detok: PushQueue[TokenizedMsg | AbortMsg] = PushQueue(spec.detokenizer, bind=False)
     to_frontend: PushQueue[ErrorMsg] = PushQueue(spec.frontend, bind=False)

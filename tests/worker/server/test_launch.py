@@ -1,0 +1,247 @@
+"""The launcher as users and Kubernetes meet it: a real `python -m minisgl` subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+START_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO / "worker"), env.get("PYTHONPATH", "")) if p)
+    env.pop("MINISGL_API_KEY", None)
+    return env
+
+
+class Proc:
+    def __init__(self, log: Path, *args: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "minisgl", "--device", "cpu", "--port", str(self.port), *args]
+        self.popen = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                      env=_env())
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"exited {self.popen.returncode}:\n{self.text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)  # poll interval
+        raise AssertionError(f"not ready in time:\n{self.text()[-3000:]}")
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            raise AssertionError(f"did not exit in {timeout}s:\n{self.text()[-3000:]}")
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> command name of every process below `pid` (from /proc, no psutil)."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            parents[int(entry)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), name)
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, name) in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = name
+                frontier.append(child)
+    return found
+
+
+def alive(pids) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+def assert_no_orphans(pids, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll interval
+    assert alive(pids) == [], "children outlived the server"
+
+
+def child_pid(proc: Proc, name: str) -> int:
+    """The pid the launcher logged for child `name` ('started NAME (pid N)')."""
+    for line in proc.text().splitlines():
+        if f"started {name} (pid " in line:
+            return int(line.rsplit("(pid ", 1)[1].rstrip(")"))
+    raise AssertionError(f"no pid for {name} in the log")
+
+
+@pytest.fixture
+def model(tiny_llama) -> str:
+    return tiny_llama
+
+
+def test_bad_model_path_fails_before_any_process_starts(tmp_path):
+    start = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "minisgl", "--model-path", str(tmp_path / "nope")],
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--model-path" in lines[0] and "nope" in lines[0]
+    assert time.monotonic() - start < 30
+
+
+def test_child_start_up_failure_exits_nonzero_with_the_childs_error(tmp_path, model):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in Path(model).iterdir():
+        if not f.name.endswith(".safetensors"):
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    proc = Proc(tmp_path / "log", "--model-path", str(broken))
+    try:
+        start = time.monotonic()
+        assert proc.wait_exit(60) == 1
+        assert time.monotonic() - start < 60
+        text = proc.text()
+        assert "scheduler0 failed to start" in text and "Traceback" in text
+        assert "Uvicorn running" not in text
+        assert_no_orphans([child_pid(proc, "scheduler0")])
+    finally:
+        proc.close()
+
+
+def _stream_completion(url: str, max_tokens: int, first_chunk: threading.Event, result: dict):
+    body = {"model": "m", "prompt": "hello world", "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    chunks = []
+    try:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
+            result["status"] = r.status_code
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(json.loads(line[6:]))
+                    first_chunk.set()
+                elif line == "data: [DONE]":
+                    result["done"] = True
+    finally:
+        result["chunks"] = chunks
+        first_chunk.set()
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path, model):
+    proc = Proc(tmp_path / "log", "--model-path", model, "--served-model-name", "m",
+                "--shutdown-timeout", "60")
+    try:
+        proc.wait_ready()
+        kids = descendants(proc.popen.pid)
+        assert {"scheduler0", "detokenizer"} <= {n for n in proc.text().split() if n}.union(
+            {"scheduler0", "detokenizer"})
+        assert len(kids) >= 2
+        first, result = threading.Event(), {}
+        t = threading.Thread(target=_stream_completion, args=(proc.url, 300, first, result))
+        t.start()
+        assert first.wait(60)
+        proc.popen.send_signal(signal.SIGTERM)
+        # readiness drops at once and new work is refused, while the stream goes on
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{proc.url}/ready", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # poll interval
+        late = httpx.post(f"{proc.url}/v1/completions", timeout=10,
+                          json={"model": "m", "prompt": "hi", "max_tokens": 2})
+        assert late.status_code == 503
+        assert t.is_alive() or result.get("done"), "the in-flight stream was cut"
+        t.join(120)
+        assert result["status"] == 200 and result.get("done")
+        text_chunks = [c for c in result["chunks"] if c.get("choices")]
+        assert text_chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert proc.wait_exit(60) == 0
+        assert_no_orphans(kids)
+    finally:
+        proc.close()
+
+
+@pytest.mark.parametrize("victim", ["scheduler0", "tokenizer0", "detokenizer"])
+def test_killing_a_child_exits_nonzero_without_orphans(tmp_path, model, victim):
+    proc = Proc(tmp_path / "log", "--model-path", model, "--num-tokenizer", "1")
+    try:
+        proc.wait_ready()
+        kids = descendants(proc.popen.pid)
+        pid = child_pid(proc, victim)
+        assert pid in kids
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait_exit(30) == 1
+        assert f"{victim} (pid {pid}) exited with code -9" in proc.text()
+        assert_no_orphans(kids)
+    finally:
+        proc.close()
+
+
+def test_port_opens_only_after_every_child_acked(tmp_path, model):
+    proc = Proc(tmp_path / "log", "--model-path", model, "--num-tokenizer", "2")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # the first moment the port accepts a connection...
+            assert time.monotonic() < deadline and proc.popen.poll() is None, proc.text()
+            try:
+                socket.create_connection(("127.0.0.1", proc.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)  # poll interval
+        # ...every child has already acked, so the server is ready right away
+        assert httpx.get(f"{proc.url}/ready", timeout=5).status_code == 200
+        text = proc.text()
+        running = text.index("Uvicorn running")
+        for name in ("scheduler0", "detokenizer", "tokenizer0", "tokenizer1"):
+            assert text.index(f"{name} is ready") < running
+        r = httpx.post(f"{proc.url}/v1/completions", timeout=60,
+                       json={"model": model, "prompt": "hello", "max_tokens": 3})
+        assert r.status_code == 200, r.text
+        proc.popen.send_signal(signal.SIGINT)  # Ctrl+C
+        assert proc.wait_exit(30) == 0
+    finally:
+        proc.close()
