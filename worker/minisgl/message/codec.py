@@ -8,7 +8,8 @@ as ext type 2 so they come back as tuples (frozen dataclasses keep their hashabl
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import operator
+from typing import Any, Callable
 
 import msgpack
 
@@ -34,18 +35,25 @@ MESSAGE_TYPES: dict[str, type] = {
         SamplingParams, TokenOutput, SchedulerStats,
     )
 }
-# Field names in definition order, for the init=True fields only.
-_FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in dataclasses.fields(cls) if f.init) for cls in MESSAGE_TYPES.values()
-}
+
+def _getter(cls: type) -> Callable[[Any], list]:
+    """[name, *values of the init=True fields in definition order] of an instance (a list:
+    a tuple would itself be encoded as a tuple extension)."""
+    name, names = cls.__name__, [f.name for f in dataclasses.fields(cls) if f.init]
+    get = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda obj: [name, get(obj)]
+    return lambda obj: [name, *get(obj)]
+
+
+_GETTERS: dict[type, Callable[[Any], list]] = {cls: _getter(cls) for cls in MESSAGE_TYPES.values()}
 
 
 def _default(obj: Any) -> msgpack.ExtType:
     cls = type(obj)
-    fields = _FIELDS.get(cls)
-    if fields is not None:
-        payload = [cls.__name__, *(getattr(obj, name) for name in fields)]
-        return msgpack.ExtType(_EXT_DATACLASS, _pack(payload))
+    get = _GETTERS.get(cls)
+    if get is not None:
+        return msgpack.ExtType(_EXT_DATACLASS, _pack(get(obj)))
     if cls is tuple:
         return msgpack.ExtType(_EXT_TUPLE, _pack(list(obj)))
     raise TypeError(f"cannot encode {cls.__name__}: not in the message table")
