@@ -8,6 +8,7 @@ reply streams it reaches the launcher, which stops the shell (the request is abo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import aclosing
 from typing import TextIO
@@ -23,7 +24,16 @@ logger = logging.getLogger(__name__)
 COMMANDS = {"/reset": "clear the conversation", "/exit": "quit (or Ctrl+D)",
             "/help": "show this help"}
 DEFAULT_MAX_TOKENS = 1024
+MAX_TOKENS_ENV = "MINISGL_SHELL_MAX_TOKENS"
 PROMPT = ">>> "
+# C0/C1 control characters other than newline and tab: model output must not drive the terminal
+# (escape sequences could move the cursor, retitle the window or hide text).
+_CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f,
+                                   *range(0x80, 0xa0)]}
+
+
+def printable(text: str) -> str:
+    return text.translate(_CONTROL)
 
 
 class ChatShell:
@@ -32,7 +42,8 @@ class ChatShell:
     def __init__(self, frontend, args, session: PromptSession | None = None,
                  out: TextIO | None = None) -> None:
         self.frontend = frontend
-        self.max_tokens = getattr(args, "shell_max_tokens", None) or DEFAULT_MAX_TOKENS
+        self.max_tokens = (getattr(args, "shell_max_tokens", None)
+                           or int(os.environ.get(MAX_TOKENS_ENV, DEFAULT_MAX_TOKENS)))
         self.temperature = getattr(args, "shell_temperature", None) or 0.0
         self.session = session or PromptSession(completer=WordCompleter(list(COMMANDS)))
         self.out = out or sys.stdout
@@ -62,7 +73,7 @@ class ChatShell:
             async with aclosing(self.frontend.generate(ids, params)) as chunks:
                 async for chunk in chunks:
                     reply.append(chunk.text)
-                    self._print(chunk.text, end="")
+                    self._print(printable(chunk.text), end="")
             self._print()
         except MiniSGLError as e:
             self.history.pop()
