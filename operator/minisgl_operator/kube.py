@@ -5,6 +5,7 @@ takes), so no typed-model conversion sits between the builders and the API serve
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Mapping
 
@@ -66,10 +67,18 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        return self.api_client.call_api(
-            path, method, query_params=query or [], header_params=headers, body=body,
-            response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True,
-        )
+        if not hasattr(self.api_client, "param_serialize"):  # kubernetes < 34: swagger-codegen client
+            return self.api_client.call_api(
+                path, method, query_params=query or [], header_params=headers, body=body,
+                response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True,
+            )
+        method, url, headers, payload, post = self.api_client.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
+        response = self.api_client.call_api(method, url, headers, payload, post)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=data.decode(errors="replace"), data=None)
+        return json.loads(data) if data else None
 
     def get(self, path: str) -> dict | None:
         try:

@@ -31,6 +31,10 @@ def required() -> bool:
     return os.environ.get("MINISGL_REQUIRE_E2E") == "1"
 
 
+class Fatal(RuntimeError):
+    """A component died: stop waiting at once."""
+
+
 def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -40,6 +44,8 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
             value = check()
             if value:
                 return value
+        except Fatal:
+            raise
         except Exception as e:  # noqa: BLE001 - the last error is reported on timeout
             last_error = e
         time.sleep(interval)
@@ -153,7 +159,7 @@ class Cluster:
         for name, proc in self.procs:
             if proc.poll() is not None:
                 tail = (self.dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+                raise Fatal(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def start(self, timeout: float = 120) -> "Cluster":
         d = self.dir
@@ -175,16 +181,13 @@ class Cluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={d / 'sa.pub'}", f"--service-account-signing-key-file={d / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
+            "--endpoint-reconciler-type=none",
             "--disable-admission-plugins=ServiceAccount", "--enable-priority-and-fairness=false",
             "--profiling=false", "--v=1",
         ])
         admin = _kubeconfig(d, self.server, "admin")
         _kubeconfig(d, self.server, "operator")
-        try:
-            wait_for(self._ready, timeout, "kube-apiserver /readyz")
-        except Exception:
-            self._check_alive()
-            raise
+        wait_for(self._ready, timeout, "kube-apiserver /readyz")
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={admin}", f"--authentication-kubeconfig={admin}", f"--authorization-kubeconfig={admin}",
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
@@ -260,7 +263,7 @@ class OperatorProcess:
         import httpx
 
         if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited: {self.log()[-3000:]}")
+            raise Fatal(f"operator exited: {self.log()[-3000:]}")
         return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2).status_code == 200
 
     def log(self) -> str:
