@@ -1,0 +1,230 @@
+"""Serving benchmark: an OpenAI-API load generator (BENCHMARKS.md `serving-sweep`).
+
+Sends seeded random token-id prompts to /v1/completions (streaming, ignore_eos) with Poisson
+arrivals at each given rate ("inf" = all at once), optionally capped at a maximum concurrency,
+and reports request throughput, output tokens/s and TTFT / ITL / end-to-end percentiles.
+Works against any OpenAI-compatible server; `--launch` starts `python -m minisgl` itself.
+
+  python benchmarks/serving.py --launch "--model-path demo --device cpu" --device cpu \\
+      --num-prompts 16 --input-len 16 128 --output-len 16 64 --request-rate 1,4,inf
+  python benchmarks/serving.py --base-url http://127.0.0.1:1919 --model-label qwen3-0.6b \\
+      --device cuda --request-rate 4,8,16,32,inf --num-prompts 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, offline_workload, record  # noqa: E402
+
+
+@dataclass
+class Result:
+    ok: bool = False
+    error: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ttft: float = 0.0
+    e2e: float = 0.0
+    itl: list[float] = field(default_factory=list)
+
+
+async def one_request(client: httpx.AsyncClient, model: str | None, prompt: list[int],
+                      max_tokens: int) -> Result:
+    body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
+            "stream": True, "stream_options": {"include_usage": True,
+                                               "continuous_usage_stats": True}}
+    if model:
+        body["model"] = model
+    res, start = Result(input_tokens=len(prompt)), time.perf_counter()
+    last, seen = None, 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                res.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                return res
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                obj = json.loads(line[6:])
+                usage = obj.get("usage") or {}
+                tokens = usage.get("completion_tokens", seen)
+                if obj.get("choices") and tokens > seen:
+                    now = time.perf_counter()
+                    if last is None:
+                        res.ttft = now - start
+                    else:  # a chunk carrying k tokens counts as k gaps of equal length
+                        res.itl += [(now - last) / (tokens - seen)] * (tokens - seen)
+                    last, seen = now, tokens
+        res.output_tokens, res.e2e, res.ok = seen, time.perf_counter() - start, True
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        res.error = repr(e)
+    return res
+
+
+def percentiles(xs: list[float], scale: float = 1000.0) -> dict:
+    if not xs:
+        return {"mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
+    s = sorted(xs)
+
+    def pct(q: float) -> float:
+        return round(s[min(len(s) - 1, int(q * len(s)))] * scale, 2)
+
+    return {"mean": round(sum(s) / len(s) * scale, 2), "p50": pct(0.5), "p90": pct(0.9),
+            "p99": pct(0.99)}
+
+
+async def run_rate(base_url: str, model: str | None, reqs: list[tuple[list[int], int]],
+                   rate: float, max_concurrency: int | None, seed: int) -> dict:
+    arrivals = random.Random(seed)
+    limit = asyncio.Semaphore(max_concurrency or len(reqs))
+    conns = httpx.Limits(max_connections=max_concurrency or len(reqs) + 8)
+    async with httpx.AsyncClient(base_url=base_url, timeout=None, limits=conns) as client:
+        async def gated(prompt: list[int], out: int) -> Result:
+            async with limit:
+                return await one_request(client, model, prompt, out)
+
+        start, tasks = time.perf_counter(), []
+        for prompt, out in reqs:
+            tasks.append(asyncio.create_task(gated(prompt, out)))
+            if rate != float("inf"):
+                await asyncio.sleep(arrivals.expovariate(rate))  # Poisson arrivals
+        results = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+    done = [r for r in results if r.ok]
+    out_tokens = sum(r.output_tokens for r in done)
+    errors = sorted({r.error for r in results if not r.ok})
+    return {
+        "request_rate": "inf" if rate == float("inf") else rate,
+        "max_concurrency": max_concurrency, "completed": len(done),
+        "failed": len(results) - len(done), "errors": errors[:5],
+        "duration_s": round(duration, 3),
+        "request_throughput": round(len(done) / duration, 3),
+        "input_tokens_per_s": round(sum(r.input_tokens for r in done) / duration, 1),
+        "output_tokens_per_s": round(out_tokens / duration, 1),
+        "ttft_ms": percentiles([r.ttft for r in done]),
+        "itl_ms": percentiles([x for r in done for x in r.itl]),
+        "e2e_ms": percentiles([r.e2e for r in done]),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(server_args: str, timeout: float = 600.0) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root / "worker"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "minisgl", *shlex.split(server_args), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"server not ready within {timeout:.0f}s")
+
+
+def model_vocab(server_args: str) -> int | None:
+    """The vocab size of a --launch'ed model, so random prompt ids stay in range."""
+    argv = shlex.split(server_args)
+    if "--model-path" not in argv:
+        return None
+    from minisgl.models import resolve_model_path
+
+    config = Path(resolve_model_path(argv[argv.index("--model-path") + 1])) / "config.json"
+    return json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--base-url", help="a running server, e.g. http://127.0.0.1:1919")
+    where.add_argument("--launch", metavar="ARGS", help="start python -m minisgl ARGS here")
+    p.add_argument("--model", default=None, help="the request's model field (default: none)")
+    p.add_argument("--model-label", default=None, help="model name for the result record")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the server runs (names the device in the record)")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--vocab", type=int, default=None, help="prompt ids < this (default: model's)")
+    p.add_argument("--request-rate", default="inf",
+                   help="comma-separated requests/s, 'inf' = all at once (e.g. 1,2,4,inf)")
+    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="serving-sweep", help="benchmark name in the record")
+    p.add_argument("--no-record", action="store_true", help="print only, write no JSON")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rates = [float(r) for r in args.request_rate.split(",")]
+    proc, url = launch(args.launch) if args.launch else (None, args.base_url.rstrip("/"))
+    try:
+        vocab = args.vocab or (model_vocab(args.launch) if args.launch else None) or 10000
+
+        def workload(seed: int) -> list[tuple[list[int], int]]:
+            return offline_workload(args.num_prompts, tuple(args.input_len),
+                                    tuple(args.output_len), seed=seed, vocab=vocab)
+
+        warm = workload(args.seed + 10_000)[:2]
+        asyncio.run(run_rate(url, args.model, warm, float("inf"), None, args.seed))
+        # Run i uses seed + i: resending run 0's prompts would hit the prefix cache.
+        runs = [asyncio.run(run_rate(url, args.model, workload(args.seed + i), r,
+                                     args.max_concurrency, args.seed))
+                for i, r in enumerate(rates)]
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    last = runs[-1]
+    result = {
+        "benchmark": args.name, "model": args.model_label or args.model or args.launch or url,
+        "device": device_name(args.device), "tp": args.tp,
+        "workload": {"requests": args.num_prompts, "input_len": args.input_len,
+                     "output_len": args.output_len, "seed": args.seed,
+                     "seeds": "run i uses seed + i (no prefix-cache hits across runs)",
+                     "ignore_eos": True,
+                     "api": "/v1/completions stream, token-id prompts"},
+        "output_tokens_per_s": last["output_tokens_per_s"], "ttft_ms": last["ttft_ms"],
+        "itl_ms": last["itl_ms"], "runs": runs,
+    }
+    if any(r["failed"] for r in runs):
+        print(f"warning: failed requests: {[r['errors'] for r in runs]}", file=sys.stderr)
+    if args.no_record:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"wrote {record(result, args.name, args.device)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
