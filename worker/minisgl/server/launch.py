@@ -19,6 +19,7 @@ import shutil
 import signal
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import uvicorn
@@ -255,13 +256,15 @@ def launch(args: ServerArgs) -> int:
     directory = tempfile.mkdtemp(prefix="minisgl-")
     endpoints = Endpoints(directory, args.num_tokenizer, args.tp_size)
     children = Children()
+    loader = ThreadPoolExecutor(1, thread_name_prefix="tokenizer-load")
     try:
-        info = start_children(args, endpoints, children)
         from minisgl.server.frontend import FrontendManager
         from minisgl.tokenizer.worker import load_tokenizer
 
+        tokenizer = loader.submit(load_tokenizer, args.model_path)  # while the children start
+        info = start_children(args, endpoints, children)
         frontend = FrontendManager(endpoints, args.model_name, int(info["max_model_len"]),
-                                   load_tokenizer(args.model_path))
+                                   tokenizer.result())
         supervisor = Supervisor(args, children, frontend)
         serve = _serve_shell if args.shell_mode else _serve_http
         asyncio.run(serve(args, frontend, supervisor))
@@ -273,5 +276,6 @@ def launch(args: ServerArgs) -> int:
         logger.info("interrupted")
         return 0
     finally:
+        loader.shutdown(wait=False, cancel_futures=True)
         children.terminate_all()
         shutil.rmtree(directory, ignore_errors=True)
