@@ -60,6 +60,12 @@ def reconcile_resource(body: Mapping, patch: kopf.Patch, reconciler: Reconciler)
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register the operator's handlers into `registry`."""
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # An explicit registry has none of kopf's default login handlers: use the kubernetes
+        # client's view (in-cluster service account, else KUBECONFIG), as kopf would.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         # Keep kopf's bookkeeping in annotations: the CRD's status schema is strict.
