@@ -186,6 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]
     rates = [float(r) for r in args.request_rate.split(",")]
     proc, url = launch(args.launch) if args.launch else (None, args.base_url.rstrip("/"))
     try:
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "api": "/v1/completions stream, token-id prompts"},
         "output_tokens_per_s": last["output_tokens_per_s"], "ttft_ms": last["ttft_ms"],
         "itl_ms": last["itl_ms"], "runs": runs,
+        # other work on the host skews CPU figures: the 1-minute load average before and after
+        "host_load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "command": "python " + shlex.join(["benchmarks/serving.py", *(argv or sys.argv[1:])]),
     }
     if any(r["failed"] for r in runs):
         print(f"warning: failed requests: {[r['errors'] for r in runs]}", file=sys.stderr)

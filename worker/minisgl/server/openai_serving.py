@@ -228,6 +228,7 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
         async for p, chunk in run.chunks():
             idx = p * builder.n + chunk.index
             start = len(builder.choices[idx].token_ids)
+            offset = sum(map(len, builder.choices[idx].text))  # text_offset of this chunk
             builder.add(p, chunk)
             c = builder.choices[idx]
             choices = []
@@ -243,7 +244,7 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
             # A token that ends mid-character has no text yet: send it with the next one.
             has_new = bool(chunk.text or chunk.finished or (builder.want_logprobs and chunk.token_ids))
             if has_new:
-                lp = builder._logprobs(idx, start, 0) if builder.want_logprobs else None
+                lp = builder._logprobs(idx, start, offset) if builder.want_logprobs else None
                 fin = c.finish_reason if chunk.finished else None
                 if builder.chat:
                     delta = {"content": chunk.text} if chunk.text else {}
