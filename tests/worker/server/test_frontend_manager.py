@@ -138,3 +138,16 @@ def test_draining_refuses_new_requests(tmp_path):
             await fe.generate("hi", SamplingParams()).__anext__()
 
     _run(tmp_path, body)
+
+
+def test_unencodable_text_is_an_invalid_request(tmp_path):
+    from minisgl.errors import InvalidRequest
+
+    async def body(fe, peer):
+        with pytest.raises(InvalidRequest, match="cannot be encoded"):
+            await fe.generate("bad \ud800 surrogate", SamplingParams()).__anext__()
+        with pytest.raises(InvalidRequest):
+            await fe.generate("ok", SamplingParams(stop=("\udfff",))).__anext__()
+        assert fe.in_flight == 0
+
+    _run(tmp_path, body)

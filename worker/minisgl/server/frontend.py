@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
-from minisgl.errors import ServiceUnavailable
+from minisgl.errors import InvalidRequest, ServiceUnavailable
 from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, StatsMsg
 from minisgl.message.tokenizer import AbortMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
@@ -117,7 +117,11 @@ class FrontendManager:
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[uid] = queue
         outbox = self._outbox(self.endpoints.tokenizer_for(uid))
-        outbox.put(TokenizeMsg(uid, prompt, params, time.time(), add_special_tokens))
+        try:
+            outbox.put(TokenizeMsg(uid, prompt, params, time.time(), add_special_tokens))
+        except (UnicodeEncodeError, TypeError, ValueError) as exc:  # e.g. a lone surrogate "\ud800"
+            self._queues.pop(uid, None)
+            raise InvalidRequest(f"the request cannot be encoded: {exc}", param="prompt") from exc
         remaining = params.n
         try:
             while remaining:
