@@ -95,3 +95,75 @@ def test_helm_refuses_bad_values_before_touching_the_cluster(cluster: Cluster, c
                     "--namespace", "broken", "--create-namespace", *set_args({"watch.scope": "galaxy"}), check=False)
     assert proc.returncode != 0 and "/watch/scope" in proc.stderr
     assert cluster.kubectl("get", "namespace", "broken", check=False).returncode != 0
+
+
+def sa_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path:
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster: {{server: "{cluster.server}", certificate-authority: "{cluster.dir / 'ca.crt'}"}}
+users:
+- name: {sa}
+  user: {{token: "{token}"}}
+contexts:
+- name: e2e
+  context: {{cluster: e2e, user: {sa}, namespace: {namespace}}}
+current-context: e2e
+""")
+    return path
+
+
+def test_namespaced_operator_reconciles_with_only_the_charts_rbac(cluster: Cluster, cluster_wide: str,
+                                                                  tmp_path: Path) -> None:
+    """Run the operator as the namespaced release's ServiceAccount: the split rules are enough."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.e2e.kube import free_port, wait_for
+
+    if cluster.kubectl("get", "namespace", "team-ops", check=False).returncode != 0:
+        test_namespaced_operator_is_confined_to_its_namespaces(cluster, cluster_wide)
+    kubeconfig = sa_kubeconfig(cluster, "team-ops", "scoped-minisgl-operator", tmp_path / "sa.kubeconfig")
+    # A just-issued token can be refused (401) for a moment; kopf gives up on 401 for good.
+    wait_for(lambda: cluster.kubectl("auth", "can-i", "watch", "minisgldeployments.minisgl.io", "-n", "team-a",
+                                     kubeconfig=kubeconfig, check=False).stdout.strip() == "yes",
+             30, "the ServiceAccount token to authenticate")
+    port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MINISGL_OPERATOR_RESYNC_SECONDS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "operator.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "minisgl_operator", "--namespace=team-a",
+                                 f"--liveness=http://127.0.0.1:{port}/healthz"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cluster.kubectl("apply", "-n", "team-a", "-f", str(REPO / "examples" / "deployment.yaml"))
+
+        def reconciled() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"operator exited {proc.returncode}: {log.read_text()[-3000:]}")
+            got = cluster.kubectl("get", "deployment", "qwen3", "-n", "team-a", check=False)
+            phase = cluster.kubectl("get", "msgl", "qwen3", "-n", "team-a", "-o",
+                                    "jsonpath={.status.phase}", check=False).stdout
+            return got.returncode == 0 and bool(phase)
+
+        try:
+            wait_for(reconciled, 60, "the operator to create Deployment team-a/qwen3 and set status")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{log.read_text(errors='replace')[-4000:]}") from None
+        forbidden = [line for line in log.read_text(errors="replace").splitlines()
+                     if "403" in line or "forbidden" in line.lower()]
+        # The only refusal allowed is the documented one: no cluster-wide pod read for GPU counting.
+        assert all("cannot list nodes/pods" in line for line in forbidden), forbidden
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
