@@ -79,9 +79,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
         logger.info("minisgl operator watching %s, resync every %ss", scope, config.resync_seconds)
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         reconcile_resource(body, patch, memo.reconciler)
 

@@ -188,6 +188,13 @@ class Cluster:
         admin = _kubeconfig(d, self.server, "admin")
         _kubeconfig(d, self.server, "operator")
         wait_for(self._ready, timeout, "kube-apiserver /readyz")
+        return self
+
+    def start_controllers(self) -> "Cluster":
+        """kube-controller-manager; start it after installing CRDs, so that its REST mapper
+        knows them from the start (the HPA controller scales custom resources through it)."""
+        d = self.dir
+        admin = self.kubeconfig
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={admin}", f"--authentication-kubeconfig={admin}", f"--authorization-kubeconfig={admin}",
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
@@ -225,15 +232,16 @@ class Cluster:
         return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
 
     def stop(self) -> None:
+        # One at a time, clients before servers. kube-apiserver's graceful shutdown can take
+        # many seconds with watches open; its state is throwaway, so a short grace period.
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
 
 
 class OperatorProcess:
@@ -308,6 +316,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     try:
         install_crd(c, REPO / "crds" / "minisgl.io_minisgldeployments.yaml")
         bind_operator_rbac(c)
+        c.start_controllers()
         yield c
     finally:
         c.stop()

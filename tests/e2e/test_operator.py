@@ -126,6 +126,18 @@ def test_unschedulable_pod_reports_insufficient_gpu(kube, ns, operator):
     assert "Insufficient nvidia.com/gpu" in warnings[0]["message"]
 
 
+def test_crash_looping_worker_degrades_the_resource(kube, ns, operator):
+    create(kube, ns, "crash")
+    pod = wait_for(lambda: pods(kube, ns) and pods(kube, ns)[0], TIMEOUT, "a pod")
+    write_pod_status(kube, pod, {"phase": "Running", "containerStatuses": [{
+        "name": "worker", "ready": False, "restartCount": 4, "image": "img", "imageID": "",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container"}}}]})
+    cr = wait_for(lambda: condition(msgl(kube, ns, "crash"), "Degraded").get("reason") == "CrashLoopBackOff"
+                  and msgl(kube, ns, "crash"), TIMEOUT, "CrashLoopBackOff")
+    assert cr["status"]["phase"] == "Degraded"
+    assert "back-off 1m20s" in condition(cr, "Degraded")["message"]
+
+
 def test_scale_update_and_hpa_through_the_scale_subresource(kube, ns, operator, cluster):
     create(kube, ns, "s", replicas=2)
     wait_for(lambda: get(kube, "policy/v1", "PodDisruptionBudget", ns, "s"), TIMEOUT, "PDB")
