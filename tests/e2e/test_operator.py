@@ -108,6 +108,8 @@ def test_create_makes_owned_objects_then_ready_status_and_events(kube, ns, opera
     reasons = wait_for(lambda: {e["reason"] for e in events(kube, ns, "qwen")} >= {"AllReplicasReady", "PhaseReady"}
                        and {e["reason"] for e in events(kube, ns, "qwen")}, TIMEOUT, "Ready events")
     assert "AllReplicasReady" in reasons
+    # Level-based and idempotent: every resync since re-applied the same objects, changing nothing.
+    assert get(kube, "apps/v1", "Deployment", ns, "qwen")["metadata"]["generation"] == 1
 
 
 def test_unschedulable_pod_reports_insufficient_gpu(kube, ns, operator):
