@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.slow  # real server processes: tens of seconds each
+
 REPO = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 120.0
 

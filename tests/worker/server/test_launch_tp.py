@@ -5,9 +5,12 @@ from __future__ import annotations
 import signal
 
 import httpx
+import pytest
 
 from minisgl.sampling_params import SamplingParams
 from tests.worker.server.test_launch import Proc, assert_no_orphans, descendants
+
+pytestmark = pytest.mark.slow  # real server processes: tens of seconds each
 
 PROMPTS = [[5, 17, 42, 99, 3], [200, 201, 7], [11] * 9, [300, 12, 77, 150, 64, 8, 1]]
 
