@@ -19,6 +19,10 @@ MAX_LEN = 512  # the tiny model's max_position_embeddings
 BAD = [
     ("malformed json", CHAT, b'{"messages": [', 400),
     ("not an object", CHAT, b"[1, 2]", 400),
+    ("NaN is not json", CHAT, b'{"messages": [{"role": "user", "content": "x"}], "top_p": NaN}',
+     400),
+    ("nested too deeply", COMPLETIONS, b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     400),
     ("invalid utf-8", CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400),
     ("missing messages", CHAT, {"max_tokens": 3}, 400),
     ("empty messages", CHAT, {"messages": []}, 400),

@@ -64,6 +64,11 @@ def validation_error_body(exc: ValidationError) -> dict:
     return error_body(message, "invalid_request_error", param or None, 400)
 
 
+def _no_constant(name: str) -> None:
+    # Python's json accepts NaN / Infinity, which JSON does not; they would slip past range checks.
+    raise InvalidRequest(f"request body is not valid JSON: {name} is not a JSON value")
+
+
 async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
     """Read, decode and validate a JSON body, raising errors that error_response maps to 4xx."""
     declared = request.headers.get("content-length")
@@ -81,9 +86,11 @@ async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
     except UnicodeDecodeError as e:
         raise InvalidRequest(f"request body is not valid UTF-8 (byte {e.start})", param=None) from e
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"request body is not valid JSON: {e.msg} at position {e.pos}") from e
+    except RecursionError as e:
+        raise InvalidRequest("request body is nested too deeply") from e
     if not isinstance(obj, dict):
         raise InvalidRequest("request body must be a JSON object")
     return model.model_validate(obj)
