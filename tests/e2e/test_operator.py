@@ -128,6 +128,15 @@ def test_unschedulable_pod_reports_insufficient_gpu(kube, ns, operator):
     assert "Insufficient nvidia.com/gpu" in warnings[0]["message"]
 
 
+def test_operator_runs_with_only_its_rbac_rules(cluster, operator):
+    def can(*args: str) -> bool:
+        out = cluster.kubectl("auth", "can-i", *args, check=False, kubeconfig=cluster.operator_kubeconfig)
+        return out.stdout.strip() == "yes"
+
+    assert can("patch", "deployments.apps", "-n", "any") and can("patch", "minisgldeployments.minisgl.io/status")
+    assert not can("get", "secrets", "-n", "any") and not can("delete", "pods", "-n", "any")
+
+
 def test_crash_looping_worker_degrades_the_resource(kube, ns, operator):
     create(kube, ns, "crash")
     pod = wait_for(lambda: pods(kube, ns) and pods(kube, ns)[0], TIMEOUT, "a pod")
