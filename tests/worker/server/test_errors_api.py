@@ -21,6 +21,7 @@ BAD = [
     ("not an object", CHAT, b"[1, 2]", 400),
     ("NaN is not json", CHAT, b'{"messages": [{"role": "user", "content": "x"}], "top_p": NaN}',
      400),
+    ("lone surrogate", CHAT, b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}', 400),
     ("nested too deeply", COMPLETIONS, b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
      400),
     ("invalid utf-8", CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400),

@@ -93,6 +93,11 @@ async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
         raise InvalidRequest("request body is nested too deeply") from e
     if not isinstance(obj, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if "\\ud" in text.lower():  # \uXXXX escapes may spell a lone surrogate: not encodable text
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequest("request body contains an unpaired UTF-16 surrogate") from e
     return model.model_validate(obj)
 
 
