@@ -53,9 +53,10 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
 
 
 def find_binaries() -> Path:
-    """The bin directory, building it with .ci/build_kube.sh when MINISGL_REQUIRE_E2E=1."""
+    """The bin directory ($MINISGL_KUBE_BIN_DIR, else the build script's cache), building it
+    with .ci/build_kube.sh when it is missing and MINISGL_REQUIRE_E2E=1."""
     cache = Path(os.environ.get("MINISGL_KUBE_CACHE", Path.home() / ".cache" / "minisgl" / "kube"))
-    bin_dir = cache / KUBE_VERSION / "bin"
+    bin_dir = Path(os.environ.get("MINISGL_KUBE_BIN_DIR") or cache / KUBE_VERSION / "bin")
     if all((bin_dir / b).exists() for b in BINARIES):
         return bin_dir
     if not required():
