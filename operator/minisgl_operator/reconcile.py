@@ -57,7 +57,7 @@ class Reconciler:
     def apply(self, owner: Owner, spec: WorkerSpec) -> RolloutPlan:
         """Apply every desired object (server-side) and delete owned ones no longer wanted."""
         plan = self.rollout_plan(spec)
-        monitor_api = spec.service_monitor and self.kube.serves("monitoring.coreos.com/v1", "servicemonitors")
+        monitor_api = self.kube.serves("monitoring.coreos.com/v1", "servicemonitors")
         objects = desired_objects(owner, spec, plan, monitor_api)
         for obj in objects:
             self.kube.apply(obj)

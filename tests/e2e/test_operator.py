@@ -198,6 +198,9 @@ def test_existing_service_is_adopted_and_service_monitor_follows_its_crd(kube, n
     cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
     sm = wait_for(lambda: get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "a"), TIMEOUT, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "http"
+    patch_spec(kube, ns, "a", {"monitoring": {"serviceMonitor": False}})
+    wait_for(lambda: get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "a") is None, TIMEOUT,
+             "ServiceMonitor pruned when turned off")
 
 
 def test_rejected_objects_fail_the_resource_permanently(kube, ns, operator):
