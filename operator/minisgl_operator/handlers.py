@@ -5,6 +5,7 @@ everything else come from the command line, not from import-time globals.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Mapping
 
@@ -24,6 +25,14 @@ logger = logging.getLogger(__name__)
 RETRY_DELAY_SECONDS = 10
 # Rejections of a well-formed request that retrying cannot fix (invalid object, immutable field).
 PERMANENT_HTTP = (400, 422)
+
+
+def _api_message(e: ApiException) -> str:
+    """The API server's own sentence (Status.message), not the whole response."""
+    try:
+        return json.loads(e.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return str(e.body or e.reason)
 
 
 def _publish(body: Mapping, patch: kopf.Patch, current: Mapping, update: StatusUpdate) -> None:
@@ -50,7 +59,7 @@ def reconcile_resource(body: Mapping, patch: kopf.Patch, reconciler: Reconciler)
         update = reconciler.observe(owner, spec, generation, plan, status)
     except ApiException as e:
         if e.status in PERMANENT_HTTP:
-            message = f"the API server rejected a generated object: {e.body or e.reason}"
+            message = f"the API server rejected a generated object: {_api_message(e)}"
             _publish(body, patch, status, failed_status(generation, "ApplyRejected", message, status, utc_now()))
             raise kopf.PermanentError(message) from e
         raise kopf.TemporaryError(f"API error {e.status} {e.reason}; retrying", delay=RETRY_DELAY_SECONDS) from e
