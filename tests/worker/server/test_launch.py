@@ -222,17 +222,23 @@ def test_port_opens_after_acks_and_sigterm_drains_in_flight_requests(tmp_path, m
         proc.close()
 
 
-@pytest.mark.parametrize("victim", ["scheduler0", "tokenizer0"])
+@pytest.mark.parametrize("victim", ["scheduler0", "tokenizer0", "server"])
 def test_killing_a_child_exits_nonzero_without_orphans(tmp_path, model, victim):
+    """SIGKILL a child: the server notices and exits 1. SIGKILL the server itself (say, the
+    OOM killer): its children die with it (PR_SET_PDEATHSIG)."""
     proc = Proc(tmp_path / "log", "--model-path", model, "--num-tokenizer", "1")
     try:
         proc.wait_ready()
         kids = descendants(proc.popen.pid)
-        pid = child_pid(proc, victim)
-        assert pid in kids
-        os.kill(pid, signal.SIGKILL)
-        assert proc.wait_exit(30) == 1
-        assert f"{victim} (pid {pid}) exited with code -9" in proc.text()
+        if victim == "server":
+            proc.popen.kill()
+            assert proc.wait_exit(30) == -signal.SIGKILL
+        else:
+            pid = child_pid(proc, victim)
+            assert pid in kids
+            os.kill(pid, signal.SIGKILL)
+            assert proc.wait_exit(30) == 1
+            assert f"{victim} (pid {pid}) exited with code -9" in proc.text()
         assert_no_orphans(kids)
     finally:
         proc.close()

@@ -26,6 +26,6 @@ class AbortBackendMsg:
 
 @dataclass(frozen=True)
 class BatchBackendMsg:
-    """What rank 0 applied in one iteration, broadcast so every rank applies the same (maybe empty)."""
+    """What rank 0 applied in one iteration (maybe nothing), broadcast to every other rank."""
 
     msgs: list[UserMsg | AbortBackendMsg] = field(default_factory=list)

@@ -21,7 +21,7 @@ class TokenizeMsg:
 
 @dataclass(frozen=True)
 class AbortMsg:
-    """The client went away: drop the request everywhere (API -> tokenizer -> detokenizer -> scheduler)."""
+    """The client went away: drop the request (API -> tokenizer -> detokenizer -> scheduler)."""
 
     uid: int
 
