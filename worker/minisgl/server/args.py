@@ -98,50 +98,71 @@ class ServerArgs:
         )
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Show '(default: X)' only where there is a meaningful default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is not None and default is not False and default != argparse.SUPPRESS \
+                and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m minisgl",
         description="Serve an LLM over an OpenAI-compatible HTTP API (or chat in a shell).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     d = ServerArgs.__dataclass_fields__
     m = p.add_argument_group("model")
     m.add_argument("--model-path", required=True,
                    help="directory with config.json, safetensors and tokenizer, or 'demo'")
-    m.add_argument("--dtype", default=d["dtype"].default, choices=DTYPES)
-    m.add_argument("--dummy-weight", action="store_true", help="random weights (no checkpoint)")
-    m.add_argument("--served-model-name", default=None,
-                   help="model name in the API (default: --model-path)")
-    m.add_argument("--max-model-len", type=int, default=None,
+    m.add_argument("--dtype", default=d["dtype"].default, choices=DTYPES,
+                   help="weight and activation dtype; auto: from the model config")
+    m.add_argument("--dummy-weight", action="store_true",
+                   help="random weights from the config (no checkpoint needed)")
+    m.add_argument("--served-model-name", help="model name in the API (default: --model-path)")
+    m.add_argument("--max-model-len", type=int,
                    help="context length (default: from the model config)")
     e = p.add_argument_group("engine")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: cuda if a GPU is visible")
     e.add_argument("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1,
-                   help="tensor-parallel ranks (one process and GPU each)")
+                   help="tensor-parallel ranks, one process (and GPU) each")
     e.add_argument("--attention-backend", default="auto", choices=("auto", *ATTENTION_BACKENDS),
-                   help="auto: fi on cuda if FlashInfer is installed, else torch")
-    e.add_argument("--cache-type", default=d["cache_type"].default, choices=CACHE_TYPES)
-    e.add_argument("--max-running-requests", type=int, default=d["max_running_requests"].default)
+                   metavar="{auto,torch,fi,fa3,'fa3,fi'}",
+                   help="'fa3,fi': FA3 prefill + FlashInfer decode; auto: fi on cuda if "
+                        "FlashInfer is installed, else torch")
+    e.add_argument("--cache-type", default=d["cache_type"].default, choices=CACHE_TYPES,
+                   help="radix: share prompt prefixes across requests")
+    e.add_argument("--max-running-requests", type=int, default=d["max_running_requests"].default,
+                   help="requests in the running batch at most")
     e.add_argument("--memory-ratio", type=float, default=d["memory_ratio"].default,
                    help="fraction of free GPU memory for weights + KV cache")
     e.add_argument("--max-prefill-length", type=int, default=d["max_prefill_length"].default,
                    help="tokens per prefill batch; longer prompts are chunked")
-    e.add_argument("--page-size", type=int, default=d["page_size"].default)
-    e.add_argument("--num-pages", type=int, default=None,
+    e.add_argument("--page-size", type=int, default=d["page_size"].default,
+                   help="tokens per KV cache page")
+    e.add_argument("--num-pages", type=int,
                    help="KV cache pages (default: sized from --memory-ratio)")
-    e.add_argument("--cuda-graph-max-bs", type=int, default=0, help="0 disables CUDA graphs")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--cuda-graph-max-bs", type=int, default=0,
+                   help="largest decode batch captured in a CUDA graph; 0 disables them")
+    e.add_argument("--seed", type=int, default=0, help="sampling seed for unseeded requests")
     s = p.add_argument_group("server")
-    s.add_argument("--host", default=d["host"].default)
-    s.add_argument("--port", type=int, default=d["port"].default)
+    s.add_argument("--host", default=d["host"].default, help="address to listen on")
+    s.add_argument("--port", type=int, default=d["port"].default, help="HTTP port")
     s.add_argument("--num-tokenizer", type=int, default=0,
-                   help="tokenizer processes (0: the detokenizer also tokenizes)")
-    s.add_argument("--api-key", default=None,
+                   help="tokenizer processes; 0: the detokenizer process also tokenizes")
+    s.add_argument("--api-key",
                    help=f"require 'Authorization: Bearer KEY' (default: ${ENV_API_KEY})")
     s.add_argument("--shutdown-timeout", type=float, default=d["shutdown_timeout"].default,
-                   help="seconds to let in-flight requests finish after SIGTERM")
-    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
-    s.add_argument("--shell-mode", action="store_true", help="chat in the terminal instead of HTTP")
+                   help="seconds in-flight requests get to finish after SIGTERM")
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log verbosity")
+    s.add_argument("--shell-mode", action="store_true",
+                   help="chat in the terminal instead of serving HTTP")
     return p
 
 
