@@ -55,8 +55,11 @@ def _apply(sched: Any, io: Any, msgs: list[UserMsg | AbortBackendMsg]) -> None:
         if isinstance(msg, UserMsg):
             try:
                 sched.add_request(msg.uid, msg.input_ids, msg.params, msg.arrival_time)
-            except (MiniSGLError, ValueError) as exc:
-                logger.info("request %d rejected: %s", msg.uid, exc)
+            except Exception as exc:  # one bad request must not take the server down
+                if isinstance(exc, (MiniSGLError, ValueError)):
+                    logger.info("request %d rejected: %s", msg.uid, exc)
+                else:
+                    logger.exception("request %d: add_request failed", msg.uid)
                 if io.is_driver:
                     io.send_error(msg.uid, exc)
         else:
