@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from minisgl_operator.kube import Kube, object_path
-from tests.e2e.kube import Cluster, OperatorProcess, cluster, operator, wait_for  # noqa: F401
+from tests.e2e.kube import Cluster, cluster, operator, wait_for  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TIMEOUT = 60
