@@ -13,7 +13,7 @@ ENV_PREFIX = "MINISGL_OPERATOR_"
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: watch every namespace (cluster-wide)
     liveness: str | None = "http://0.0.0.0:8080/healthz"
-    resync_seconds: float = 30.0
+    resync_seconds: float = 10.0
     log_level: str = "INFO"
     peering: str | None = None  # kopf peering name for several replicas; None = standalone
 
