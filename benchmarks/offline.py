@@ -27,7 +27,8 @@ from minisgl import LLM, SamplingParams  # noqa: E402
 def run_minisgl(args, reqs) -> tuple[float, int]:
     kwargs = dict(device=args.device, dtype=args.dtype, dummy_weight=args.dummy_weight,
                   max_running_requests=args.max_running_requests, page_size=args.page_size,
-                  attention_backend=args.attention_backend, cuda_graph_max_bs=args.cuda_graph_max_bs)
+                  attention_backend=args.attention_backend, cuda_graph_max_bs=args.cuda_graph_max_bs,
+                  memory_ratio=args.memory_ratio)
     if args.device == "cpu":
         kwargs["cpu_kv_budget_mb"] = args.cpu_kv_budget_mb
     llm = LLM(args.model_path, **kwargs)
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--max-running-requests", type=int, default=256)
     ap.add_argument("--page-size", type=int, default=1)
+    ap.add_argument("--memory-ratio", type=float, default=0.9)
     ap.add_argument("--attention-backend", default="torch")
     ap.add_argument("--cuda-graph-max-bs", type=int, default=0)
     ap.add_argument("--cpu-kv-budget-mb", type=int, default=1024)
@@ -106,6 +108,9 @@ def main() -> None:
     ap.add_argument("--hf-batch-size", type=int, default=16)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.model_path = resolve_model(args.model)
     if "configs" in args.model_path:
         args.dummy_weight = True

@@ -8,9 +8,9 @@ from minisgl.attention.base import AttentionBackend
 
 _BACKENDS = {
     "torch": "minisgl.attention.torch_backend:TorchBackend",
-    "fi": "minisgl.attention.flashinfer_backend:FlashInferBackend",
-    "fa3": "minisgl.attention.fa3_backend:FA3Backend",
-    "fa3,fi": "minisgl.attention.hybrid:HybridBackend",
+    "fi": "minisgl.attention.flashinfer_backend:fi",
+    "fa3": "minisgl.attention.flashinfer_backend:fa3",
+    "fa3,fi": "minisgl.attention.flashinfer_backend:fa3_fi",
 }
 
 

@@ -22,8 +22,10 @@ class AttentionBackend(ABC):
     positions 0 .. prefix_lens[b] + (t's offset within the row).
     """
 
-    def __init__(self, kv: KVStorage, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    def __init__(self, kv: KVStorage, num_heads: int, num_kv_heads: int, head_dim: int,
+                 page_size: int = 1) -> None:
         self.kv = kv
+        self.page_size = page_size
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim

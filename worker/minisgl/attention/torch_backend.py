@@ -19,6 +19,7 @@ class TorchMeta:
     q_index: torch.Tensor  # [T] int64: flat position of each token in the [B * Qmax] padded layout
     mask: torch.Tensor  # [B, 1, Qmax, Lmax] bool: True = may attend
     q_max: int
+    slot_table: torch.Tensor  # [B, Lmax] int64: slot of every position of each row (0-padded)
 
 
 class TorchBackend(AttentionBackend):
@@ -26,7 +27,11 @@ class TorchBackend(AttentionBackend):
         device = batch.input_ids.device
         b = batch.size
         q_max = max(batch.extend_lens)
-        l_max = batch.slot_table.shape[1]
+        seq_lens = batch.seq_lens
+        l_max = max(seq_lens)
+        table = torch.zeros(b, l_max, dtype=torch.int64)
+        for r, (s, slots) in enumerate(zip(seq_lens, batch.slot_lists)):
+            table[r, :s] = slots[:s]
         prefix = torch.tensor(batch.prefix_lens, dtype=torch.int64)
         extend = torch.tensor(batch.extend_lens, dtype=torch.int64)
         row_of_token = torch.repeat_interleave(torch.arange(b), extend)
@@ -38,7 +43,7 @@ class TorchBackend(AttentionBackend):
         seq = (prefix + extend).view(b, 1, 1)
         mask = (t <= prefix.view(b, 1, 1) + j) & (t < seq)
         batch.attn_meta = TorchMeta(q_index=q_index.to(device), mask=mask.unsqueeze(1).to(device),
-                                    q_max=q_max)
+                                    q_max=q_max, slot_table=table.to(device))
 
     def forward(self, q, k, v, layer, batch):
         meta: TorchMeta = batch.attn_meta
@@ -47,8 +52,8 @@ class TorchBackend(AttentionBackend):
         q_pad = q.new_zeros(b * meta.q_max, h, d)
         q_pad[meta.q_index] = q
         q_pad = q_pad.view(b, meta.q_max, h, d).transpose(1, 2)  # [B, H, Qmax, D]
-        keys = self.kv.k[layer][batch.slot_table].transpose(1, 2)  # [B, Hkv, Lmax, D]
-        values = self.kv.v[layer][batch.slot_table].transpose(1, 2)
+        keys = self.kv.k[layer][meta.slot_table].transpose(1, 2)  # [B, Hkv, Lmax, D]
+        values = self.kv.v[layer][meta.slot_table].transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q_pad, keys.to(q.dtype), values.to(q.dtype), attn_mask=meta.mask, scale=self.scale,
             enable_gqa=self.num_heads != self.num_kv_heads,

@@ -13,7 +13,8 @@ class Batch:
     """Rows are requests; tokens are the concatenation of each row's new tokens.
 
     For row b: positions prefix_lens[b] .. prefix_lens[b] + extend_lens[b] - 1 are computed;
-    slot_table[b, :seq_lens[b]] are the slots of every position (cached + new).
+    slot_lists[b][:seq_lens[b]] are the slots of every position (cached + new); each backend
+    turns them into its own page table in prepare().
     """
 
     phase: str  # "prefill" | "decode"
@@ -21,7 +22,7 @@ class Batch:
     input_ids: torch.Tensor  # [T] int64 device
     positions: torch.Tensor  # [T] int64 device
     out_slots: torch.Tensor  # [T] int64 device: where each new token's K/V is written
-    slot_table: torch.Tensor  # [B, max_seq_len] int64 device (padded with 0)
+    slot_lists: list[torch.Tensor]  # per row: int64 cpu slots covering at least seq_len positions
     prefix_lens: list[int]
     extend_lens: list[int]
     sample_rows: list[int]  # rows that sample a token this step (not mid-chunk prefill rows)
@@ -59,9 +60,6 @@ class Batch:
         ids = torch.tensor([t for c in token_chunks for t in c], dtype=torch.int64)
         pos = torch.cat([torch.arange(p, p + e, dtype=torch.int64)
                          for p, e in zip(prefix_lens, extend)])
-        table = torch.zeros(len(rows), max(seq), dtype=torch.int64)
-        for b, (s, slots) in enumerate(zip(seq, slot_lists)):
-            table[b, :s] = slots[:s]
         out_slots = torch.cat([slots[p : p + e] for p, e, slots in zip(prefix_lens, extend, slot_lists)])
         pin = device.type == "cuda"
 
@@ -69,6 +67,6 @@ class Batch:
             return t.pin_memory().to(device, non_blocking=True) if pin else t.to(device)
 
         return cls(phase=phase, rows=rows, input_ids=move(ids), positions=move(pos),
-                   out_slots=move(out_slots), slot_table=move(table), prefix_lens=list(prefix_lens),
+                   out_slots=move(out_slots), slot_lists=list(slot_lists), prefix_lens=list(prefix_lens),
                    extend_lens=extend, sample_rows=sample_rows,
                    prompt_logprob_rows=prompt_logprob_rows or [])

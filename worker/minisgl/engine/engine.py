@@ -49,16 +49,27 @@ class Engine:
         self.model = self._load_model()
         self.num_kv_heads = max(1, self.model_config.num_kv_heads // config.tp_size)
         self.num_pages = self._num_pages()
-        self.kv = KVStorage(self.model_config.num_layers, self.num_pages * config.page_size,
+        # One extra page past the pool: scratch space that padded CUDA-graph rows write to.
+        self.kv = KVStorage(self.model_config.num_layers, (self.num_pages + 1) * config.page_size,
                             self.num_kv_heads, self.model_config.head_dim, self.dtype, self.device)
         self.attn = create_attention_backend(
             config.attention_backend, self.kv, self.model_config.num_heads // config.tp_size,
-            self.num_kv_heads, self.model_config.head_dim,
+            self.num_kv_heads, self.model_config.head_dim, config.page_size,
         )
         self.sampler = Sampler(self.model_config.vocab_size, self.model_config.eos_token_ids,
                                self.device)
-        logger.info("engine ready: %s %s on %s, %d KV pages of %d tokens", self.model_config.architecture,
-                    self.dtype, self.device, self.num_pages, config.page_size)
+        logger.info("KV cache: %d pages of %d tokens (%.2f GiB)%s", self.num_pages, config.page_size,
+                    2 * self.kv.k.numel() * self.kv.k.element_size() / 2**30, self._memory_note())
+        self.graphs = None
+        if config.device == "cuda" and config.cuda_graph_max_bs > 0 and hasattr(self.attn, "graph_wrapper"):
+            from minisgl.engine.graph import GraphRunner
+
+            with torch.inference_mode():
+                self.graphs = GraphRunner(self.model, self.attn, config.cuda_graph_max_bs,
+                                          scratch_slot=self.num_pages * config.page_size,
+                                          max_pages=self._max_graph_pages(), device=self.device)
+        logger.info("engine ready: %s %s on %s%s", self.model_config.architecture, self.dtype,
+                    self.device, self._memory_note())
 
     def _load_model(self):
         torch.set_default_dtype(self.dtype)
@@ -74,7 +85,19 @@ class Engine:
             init_dummy_weights(model, self.device, seed=self.config.seed)
         else:
             load_weights(model, self.model_dir, self.device)
-        return model.eval()
+        return model.eval().requires_grad_(False)
+
+    def _memory_note(self) -> str:
+        if self.device.type != "cuda":
+            return ""
+        free, total = torch.cuda.mem_get_info(self.device)
+        return (f"; GPU {(total - free) / 2**30:.1f}/{total / 2**30:.1f} GiB used, "
+                f"torch allocated {torch.cuda.memory_allocated(self.device) / 2**30:.1f} GiB")
+
+    def _max_graph_pages(self) -> int:
+        """Upper bound of page-table entries in one decode batch (shared prefixes repeat)."""
+        per_req = -(-self.max_model_len // self.config.page_size)
+        return min(self.config.cuda_graph_max_bs * per_req, (self.num_pages + 1) * 64) + 1
 
     def _num_pages(self) -> int:
         c = self.config
@@ -83,12 +106,14 @@ class Engine:
         per_page = c.page_size * KVStorage.bytes_per_slot(
             self.model_config.num_layers, self.num_kv_heads, self.model_config.head_dim, self.dtype)
         if c.device == "cuda":
+            torch.cuda.empty_cache()  # dummy-weight temporaries must not count as used
             free, total = torch.cuda.mem_get_info(self.device)
             # Keep (1 - memory_ratio) of the card plus headroom for activations / CUDA graphs.
             budget = free - total * (1.0 - c.memory_ratio) - (1 << 30)
         else:
             budget = c.cpu_kv_budget_mb << 20
         pages = int(budget // per_page)
+        logger.info("KV budget %.2f GiB (%d bytes per page)", budget / 2**30, per_page)
         if pages < 2:
             raise ValueError(f"not enough memory for the KV cache ({budget / 2**20:.0f} MiB free); "
                              "lower the model size or raise --memory-ratio")
@@ -100,6 +125,8 @@ class Engine:
 
     @torch.inference_mode()
     def forward_batch(self, batch: Batch) -> ForwardOutput:
+        if self.graphs is not None and self.graphs.can_run(batch):
+            return self._sample(batch, self.graphs.run(batch), {})
         self.attn.prepare(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch, self.attn)  # [T, hidden]
         last = batch.last_token_index()
@@ -109,7 +136,10 @@ class Engine:
         if not batch.sample_rows:
             return ForwardOutput([], None, None, prompt_lp)
         idx = torch.tensor([last[r] for r in batch.sample_rows], device=self.device)
-        logits = self.model.logits(hidden[idx])  # [B, padded_vocab] f32
+        return self._sample(batch, self.model.logits(hidden[idx]), prompt_lp)
+
+    def _sample(self, batch: Batch, logits: torch.Tensor, prompt_lp: dict) -> ForwardOutput:
+        """logits [len(sample_rows), padded_vocab] f32 -> tokens (one host copy)."""
         rows = [batch.rows[r] for r in batch.sample_rows]
         out = self.sampler(logits, rows)
         token_ids = out.token_ids.tolist()

@@ -1,0 +1,129 @@
+"""FlashInfer attention over the paged cache (CUDA only).
+
+Names on the CLI: `fi` (FlashInfer prefill + decode kernels), `fa3` (FlashInfer's
+FA3-template Hopper kernels for prefill and decode), `fa3,fi` (FA3 prefill, FlashInfer
+decode — the Mini-SGLang default on Hopper).
+
+The KV storage's per-layer [num_slots, Hkv, D] buffers are viewed as
+[num_pages, page_size, Hkv, D] (NHD); a row's page table is slots[::page_size] // page_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minisgl.attention.base import AttentionBackend
+
+WORKSPACE_BYTES = 256 << 20
+
+
+@dataclass
+class PageTable:
+    qo_indptr: torch.Tensor  # [B + 1] int32 cpu
+    kv_indptr: torch.Tensor  # [B + 1] int32 cpu
+    indices: torch.Tensor  # [num_pages_in_batch] int32 device
+    last_page_len: torch.Tensor  # [B] int32 cpu
+
+
+def build_page_table(batch, page_size: int, device: torch.device) -> PageTable:
+    seq = torch.tensor(batch.seq_lens, dtype=torch.int32)
+    pages = (seq + page_size - 1) // page_size
+    idx = torch.cat([slots[: int(n) * page_size : page_size] // page_size
+                     for slots, n in zip(batch.slot_lists, pages.tolist())]).to(torch.int32)
+    zero = torch.zeros(1, dtype=torch.int32)
+    ext = torch.tensor(batch.extend_lens, dtype=torch.int32)
+    return PageTable(
+        qo_indptr=torch.cat([zero, ext.cumsum(0, dtype=torch.int32)]),
+        kv_indptr=torch.cat([zero, pages.cumsum(0, dtype=torch.int32)]),
+        indices=idx.pin_memory().to(device, non_blocking=True),
+        last_page_len=seq - (pages - 1) * page_size,
+    )
+
+
+class FlashInferBackend(AttentionBackend):
+    def __init__(self, kv, num_heads, num_kv_heads, head_dim, page_size=1, *,
+                 prefill_backend: str = "auto", decode_with_prefill_kernel: bool = False) -> None:
+        import flashinfer
+
+        super().__init__(kv, num_heads, num_kv_heads, head_dim, page_size)
+        device = kv.k.device
+        if device.type != "cuda":
+            raise ValueError("FlashInfer backends need --device cuda")
+        self.flashinfer = flashinfer
+        self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            self.workspace, "NHD", backend=prefill_backend)
+        self.decode_with_prefill_kernel = decode_with_prefill_kernel
+        self.decode = None if decode_with_prefill_kernel else self._decode_wrapper()
+        self.active = None  # wrapper planned for the current step
+        self.device = device
+
+    def _decode_wrapper(self, **graph_buffers):
+        gqa = self.num_heads // self.num_kv_heads
+        return self.flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "NHD", use_tensor_cores=gqa >= 4, **graph_buffers)
+
+    def _plan(self, wrapper, table: PageTable, decode: bool) -> None:
+        dtype = self.kv.k.dtype
+        common = dict(q_data_type=dtype, kv_data_type=dtype, sm_scale=self.scale)
+        if decode and not self.decode_with_prefill_kernel:
+            wrapper.plan(table.kv_indptr, table.indices, table.last_page_len, self.num_heads,
+                         self.num_kv_heads, self.head_dim, self.page_size, **common)
+        else:
+            wrapper.plan(table.qo_indptr, table.kv_indptr, table.indices, table.last_page_len,
+                         self.num_heads, self.num_kv_heads, self.head_dim, self.page_size,
+                         causal=True, **common)
+
+    def prepare(self, batch) -> None:
+        table = build_page_table(batch, self.page_size, self.device)
+        decode = batch.phase == "decode"
+        wrapper = self.decode if decode and self.decode is not None else self.prefill
+        self._plan(wrapper, table, decode)
+        self.active = wrapper
+
+    def forward(self, q, k, v, layer, batch):
+        self.kv.store(layer, batch.out_slots, k, v)
+        shape = (-1, self.page_size, self.num_kv_heads, self.head_dim)
+        cache = (self.kv.k[layer].view(shape), self.kv.v[layer].view(shape))
+        return self.active.run(q.contiguous(), cache)
+
+    # ---- CUDA graph support (decode only) ------------------------------------------------
+    def graph_wrapper(self, bs: int, max_pages: int):
+        """A decode wrapper with fixed buffers for batch size bs, for capture and replay."""
+        if getattr(self, "_graph_indices", None) is None or self._graph_indices.numel() < max_pages:
+            # One page-index buffer shared by every captured size (only one replays at a time).
+            self._graph_indices = torch.zeros(max_pages, dtype=torch.int32, device=self.device)
+        buffers = dict(
+            paged_kv_indptr_buffer=torch.zeros(bs + 1, dtype=torch.int32, device=self.device),
+            paged_kv_indices_buffer=self._graph_indices,
+            paged_kv_last_page_len_buffer=torch.zeros(bs, dtype=torch.int32, device=self.device),
+        )
+        if self.decode_with_prefill_kernel:
+            return self.flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+                self.workspace, "NHD", use_cuda_graph=True,
+                qo_indptr_buf=torch.arange(bs + 1, dtype=torch.int32, device=self.device),
+                paged_kv_indptr_buf=buffers["paged_kv_indptr_buffer"],
+                paged_kv_indices_buf=buffers["paged_kv_indices_buffer"],
+                paged_kv_last_page_len_buf=buffers["paged_kv_last_page_len_buffer"],
+                backend=self.prefill._backend if hasattr(self.prefill, "_backend") else "auto")
+        gqa = self.num_heads // self.num_kv_heads
+        return self.flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "NHD", use_cuda_graph=True, use_tensor_cores=gqa >= 4, **buffers)
+
+    def use_graph_wrapper(self, wrapper, batch) -> None:
+        self._plan(wrapper, build_page_table(batch, self.page_size, self.device), decode=True)
+        self.active = wrapper
+
+
+def fi(*args, **kwargs) -> FlashInferBackend:
+    return FlashInferBackend(*args, prefill_backend="fa2", **kwargs)
+
+
+def fa3(*args, **kwargs) -> FlashInferBackend:
+    return FlashInferBackend(*args, prefill_backend="fa3", decode_with_prefill_kernel=True, **kwargs)
+
+
+def fa3_fi(*args, **kwargs) -> FlashInferBackend:
+    return FlashInferBackend(*args, prefill_backend="fa3", **kwargs)
