@@ -66,3 +66,16 @@ def test_radix_sharing_on_gpu(gpu_model):
     again = llm.generate([prefix + [1, 2, 3]], SamplingParams(max_tokens=8, temperature=0.0))[0]
     assert again.num_cached_tokens >= len(prefix) - 16
     assert again.token_ids == first.token_ids
+
+
+def test_fused_bf16_kernels_track_float32(gpu_model):
+    """FlashInfer's fused norm / rope / silu (bf16) stay close to the float32 reference path."""
+    prompts = _prompts(4, seed=7)
+    p = SamplingParams(max_tokens=0, prompt_logprobs=True)
+    ref = LLM(gpu_model, device="cuda", dtype="float32", num_pages=4096).generate(prompts, p)
+    got = LLM(gpu_model, device="cuda", dtype="bfloat16", num_pages=4096,
+              attention_backend="fa3,fi" if torch.cuda.get_device_capability()[0] >= 9 else "fi",
+              ).generate(prompts, p)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(torch.tensor(b.prompt_logprobs[1:]),
+                                   torch.tensor(a.prompt_logprobs[1:]), atol=0.5, rtol=0.1)

@@ -28,10 +28,15 @@ class PageTable:
 
 
 def build_page_table(batch, page_size: int, device: torch.device) -> PageTable:
-    seq = torch.tensor(batch.seq_lens, dtype=torch.int32)
+    seq_lens = batch.seq_lens
+    seq = torch.tensor(seq_lens, dtype=torch.int32)
     pages = (seq + page_size - 1) // page_size
-    idx = torch.cat([slots[: int(n) * page_size : page_size] // page_size
-                     for slots, n in zip(batch.slot_lists, pages.tolist())]).to(torch.int32)
+    if page_size == 1:
+        idx = torch.cat([slots[:n] for slots, n in zip(batch.slot_lists, seq_lens)])
+    else:
+        idx = torch.cat([slots[: n * page_size : page_size]
+                         for slots, n in zip(batch.slot_lists, pages.tolist())]) // page_size
+    idx = idx.to(torch.int32)
     zero = torch.zeros(1, dtype=torch.int32)
     ext = torch.tensor(batch.extend_lens, dtype=torch.int32)
     return PageTable(

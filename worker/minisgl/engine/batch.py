@@ -56,11 +56,17 @@ class Batch:
         """token_chunks[b]: the new tokens of row b; slot_lists[b]: int64 slots covering at least
         prefix + extend positions of row b."""
         extend = [len(c) for c in token_chunks]
-        seq = [p + e for p, e in zip(prefix_lens, extend)]
-        ids = torch.tensor([t for c in token_chunks for t in c], dtype=torch.int64)
-        pos = torch.cat([torch.arange(p, p + e, dtype=torch.int64)
-                         for p, e in zip(prefix_lens, extend)])
-        out_slots = torch.cat([slots[p : p + e] for p, e, slots in zip(prefix_lens, extend, slot_lists)])
+        if all(e == 1 for e in extend):  # decode: one token per row, no per-row tensor ops
+            ids = torch.tensor([c[0] for c in token_chunks], dtype=torch.int64)
+            pos = torch.tensor(prefix_lens, dtype=torch.int64)
+            out_slots = torch.tensor([int(s[p]) for s, p in zip(slot_lists, prefix_lens)],
+                                     dtype=torch.int64) if len(rows) < 8 else \
+                torch.stack([s[p] for s, p in zip(slot_lists, prefix_lens)])
+        else:
+            ids = torch.tensor([t for c in token_chunks for t in c], dtype=torch.int64)
+            pos = torch.tensor([i for p, e in zip(prefix_lens, extend) for i in range(p, p + e)],
+                               dtype=torch.int64)
+            out_slots = torch.cat([s[p : p + e] for p, e, s in zip(prefix_lens, extend, slot_lists)])
         pin = device.type == "cuda"
 
         def move(t: torch.Tensor) -> torch.Tensor:

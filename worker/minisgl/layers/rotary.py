@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from minisgl.layers.fused import flashinfer_ops, use_fused
+
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     factor = scaling["factor"]
@@ -43,9 +45,18 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(pos, inv_freq)  # [max_pos, head_dim / 2] f32
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.head_dim = head_dim
+        self._cos_sin = None  # [max_pos, D] f32: cos | sin, for the fused kernel
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # positions [T] int64; q [T, H, D]; k [T, Hkv, D]
+        if use_fused(q):
+            if self._cos_sin is None or self._cos_sin.device != q.device:
+                self._cos_sin = torch.cat([self.cos, self.sin], dim=-1).float().contiguous()
+            t = q.shape[0]
+            flashinfer_ops().rope.apply_rope_with_cos_sin_cache_inplace(
+                positions, q.view(t, -1), k.view(t, -1), self.head_dim, self._cos_sin, is_neox=True)
+            return q, k
         cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2] f32
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)

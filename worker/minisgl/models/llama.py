@@ -21,6 +21,7 @@ from minisgl.layers.linear import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
+from minisgl.layers.fused import flashinfer_ops, use_fused
 from minisgl.layers.norm import RMSNorm
 from minisgl.layers.rotary import RotaryEmbedding
 from minisgl.models.config import ModelConfig
@@ -55,7 +56,7 @@ class Attention(nn.Module):
         k = k.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
         q, k = self.rotary(positions, q, k)
         out = attn.forward(q, k, v, self.layer_id, batch)  # [T, H, D]
         return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))
@@ -70,7 +71,10 @@ class MLP(nn.Module):
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, False, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)  # [T, 2 * I_local]
+        if use_fused(gate_up):
+            return self.down_proj(flashinfer_ops().activation.silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -82,10 +86,16 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, batch: Batch,
-                attn: AttentionBackend) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), positions, batch, attn)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                batch: Batch, attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-norm block with the residual carried separately (fused add + norm)."""
+        if residual is None:
+            residual, h = h, self.input_layernorm(h)
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = self.self_attn(h, positions, batch, attn)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 # HF weight name -> (our module path, param name, fused part index)
@@ -119,10 +129,10 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: Batch,
                 attn: AttentionBackend) -> torch.Tensor:
         """input_ids, positions [T] int64 -> hidden [T, hidden_size]."""
-        h = self.embed_tokens(input_ids)
+        h, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            h = layer(h, positions, batch, attn)
-        return self.norm(h)
+            h, residual = layer(h, residual, positions, batch, attn)
+        return self.norm(h, residual)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.logits(hidden)  # [N, padded_vocab] f32

@@ -19,6 +19,9 @@ from minisgl.scheduler.request import Req
 logger = logging.getLogger(__name__)
 
 
+GROW_TOKENS = 128
+
+
 def _pages(tokens: int, page_size: int) -> int:
     return -(-tokens // page_size)
 
@@ -68,13 +71,17 @@ class CacheManager:
         return True
 
     def ensure_slots(self, req: Req, length: int) -> None:
-        """Grow req.slots to cover positions [0, length)."""
+        """Grow req.slots to cover positions [0, length).
+
+        Grows by at least GROW_TOKENS at a time (within the reservation), so a decoding
+        request allocates once every few hundred steps instead of every step."""
         have = int(req.slots.shape[0]) // self.page_size
         n = _pages(length, self.page_size) - have
         if n <= 0:
             return
         if n > req.reserved_pages:
             raise RuntimeError(f"request {req.uid} outgrew its reservation")  # scheduler bug
+        n = max(n, min(req.reserved_pages, _pages(GROW_TOKENS, self.page_size)))
         if self.pool.num_free < n:
             freed = self.cache.evict((n - self.pool.num_free) * self.page_size)
             if freed.numel():
