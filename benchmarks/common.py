@@ -79,8 +79,11 @@ def record(result: dict, name: str, device: str) -> Path:
     result.setdefault("git", git_sha())
     result.setdefault("command", " ".join([Path(sys.executable).name] + sys.argv))
     RESULTS.mkdir(exist_ok=True)
-    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in result["device"]).strip("-")
-    path = RESULTS / f"{name}-{slug}-{result['date']}.json"
+    def slug(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-." else "-" for c in text).strip("-")
+
+    model = slug(result.get("model", "").split(" (")[0])
+    path = RESULTS / f"{name}-{model + '-' if model else ''}{slug(result['device'])}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path

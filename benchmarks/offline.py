@@ -56,7 +56,8 @@ def run_hf(args, reqs) -> tuple[float, int]:
     path = str(resolve_model_path(args.model_path))
     config = transformers.AutoConfig.from_pretrained(path)
     if args.dummy_weight or args.model == "demo":
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
+        with torch.device(args.device):  # random init on the GPU: seconds, not minutes
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model = model.to(args.device).eval()
@@ -66,6 +67,7 @@ def run_hf(args, reqs) -> tuple[float, int]:
     t = time.perf_counter()
     useful = 0
     for s in range(0, len(order), bs):
+        print(f"hf: batch {s // bs + 1} of {-(-len(order) // bs)}", flush=True)
         group = [reqs[i] for i in order[s : s + bs]]
         width = max(len(p) for p, _ in group)
         ids = torch.zeros(len(group), width, dtype=torch.long)
@@ -102,16 +104,19 @@ def main() -> None:
     ap.add_argument("--page-size", type=int, default=1)
     ap.add_argument("--memory-ratio", type=float, default=0.9)
     ap.add_argument("--attention-backend", default="torch")
-    ap.add_argument("--cuda-graph-max-bs", type=int, default=0)
+    ap.add_argument("--cuda-graph-max-bs", type=int, default=None, help="default 256 on cuda, 0 on cpu")
     ap.add_argument("--cpu-kv-budget-mb", type=int, default=1024)
     ap.add_argument("--hf-baseline", action="store_true", help="also time HF transformers generate")
     ap.add_argument("--hf-batch-size", type=int, default=16)
+    ap.add_argument("--name", default=None, help="benchmark name in the result (default offline-N)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.model_path = resolve_model(args.model)
+    if args.cuda_graph_max_bs is None:
+        args.cuda_graph_max_bs = 256 if args.device == "cuda" and args.attention_backend != "torch" else 0
     if "configs" in args.model_path:
         args.dummy_weight = True
 
@@ -123,22 +128,31 @@ def main() -> None:
                             args.seed, vocab)
     elapsed, tokens = run_minisgl(args, reqs)
     print(f"minisgl: {tokens} tokens in {elapsed:.2f}s = {tokens / elapsed:.1f} tok/s", flush=True)
+    mcfg = ModelConfig.from_path(resolve_model_path(args.model_path))
     result = {
-        "benchmark": f"offline-{args.num_requests}", "model": f"{args.model} (dummy)"
+        "benchmark": args.name or f"offline-{args.num_requests}", "model": f"{args.model} (dummy)"
         if args.dummy_weight or args.model == "demo" else args.model,
         "device": device_name(args.device), "tp": 1,
         "workload": {"requests": args.num_requests, "input_len": args.input_len,
                      "output_len": args.output_len, "seed": args.seed, "ignore_eos": True},
         "output_tokens": tokens, "elapsed_s": round(elapsed, 3),
         "output_tokens_per_s": round(tokens / elapsed, 1),
+        "ms_per_output_token": round(1000 * elapsed / tokens, 3),
         "anchors": hardware_anchors(args.device), "ratios": {},
     }
+    bw = result["anchors"].get("read_bandwidth_gbs")
+    if bw:  # batch-1 decode cannot beat streaming every weight once per token
+        floor = mcfg.weight_bytes * 2 / (bw * 1e9) * 1000  # bf16 bytes / (bytes/s) -> ms
+        result["anchors"]["floor_ms_per_token"] = round(floor, 3)
+        if args.num_requests == 1:
+            result["ratios"]["vs_floor"] = round(floor / result["ms_per_output_token"], 3)
     if args.hf_baseline:
         hf_elapsed, hf_tokens = run_hf(args, reqs)
         hf_tps = hf_tokens / hf_elapsed
         result["anchors"]["hf_transformers_tokens_per_s"] = round(hf_tps, 1)
         result["anchors"]["hf_batch_size"] = args.hf_batch_size
         result["ratios"]["vs_hf"] = round(result["output_tokens_per_s"] / hf_tps, 2)
+        result["anchors"]["hf_ms_per_output_token"] = round(1000 / hf_tps, 3)
     if args.no_record:
         print(result)
     else:

@@ -55,6 +55,8 @@ class EngineConfig:
             raise ValueError(
                 f"--attention-backend {self.attention_backend} needs --device cuda; use torch on cpu"
             )
+        if self.cuda_graph_max_bs < 0:
+            raise ValueError(f"--cuda-graph-max-bs must be >= 0, got {self.cuda_graph_max_bs}")
         if self.tp_size > 1 and not self.dist_init_method:
             raise ValueError("tp_size > 1 needs dist_init_method")
 

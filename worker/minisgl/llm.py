@@ -69,10 +69,16 @@ class LLM:
 
     @property
     def tokenizer(self):
+        """The model directory's tokenizer, or None when it ships none (config-only
+        --dummy-weight models: token-id prompts work, outputs carry no text)."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.scheduler.engine.model_dir))
+            model_dir = self.scheduler.engine.model_dir
+            if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                           "tokenizer.model")):
+                return None
+            self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         return self._tokenizer
 
     def generate(self, prompts: Sequence[str] | Sequence[list[int]],
@@ -87,6 +93,8 @@ class LLM:
         results: dict[int, RequestOutput] = {}
         order: list[int] = []
         for prompt, p in zip(prompts, params_list):
+            if isinstance(prompt, str) and self.tokenizer is None:
+                raise ValueError(f"{self.config.model_path} has no tokenizer: pass token-id prompts")
             ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             uid = self._next_uid
             self._next_uid += 1
@@ -107,7 +115,7 @@ class LLM:
                     choice.token_ids.append(out.token_id)
                     if out.logprob is not None:
                         choice.logprobs.append(out.logprob)
-                    if p.stop and not out.finished and self._hit_stop(choice, p):
+                    if p.stop and self.tokenizer and not out.finished and self._hit_stop(choice, p):
                         self.scheduler.abort(out.uid) if p.n == 1 else None
                         choice.finish_reason = "stop"
                         live.discard((out.uid, out.index))
@@ -122,6 +130,8 @@ class LLM:
         return [results[uid] for uid in order]
 
     def _decode(self, ids: list[int], p: SamplingParams) -> str:
+        if self.tokenizer is None:
+            return ""
         text = self.tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
         for s in p.stop:
             at = text.find(s)

@@ -29,7 +29,7 @@ class ServerArgs:
     page_size: int = 1
     num_pages: int | None = None
     max_model_len: int | None = None
-    cuda_graph_max_bs: int = 0
+    cuda_graph_max_bs: int | None = None  # None: 256 on cuda with FlashInfer, else 0
     dummy_weight: bool = False
     device: str = "auto"  # resolved by `resolved_device`
     seed: int = 0
@@ -73,8 +73,17 @@ class ServerArgs:
         if self.attention_backend != "auto":
             return self.attention_backend
         if self.resolved_device == "cuda" and importlib.util.find_spec("flashinfer"):
-            return "fi"
+            import torch
+
+            # Hopper: FA3-template prefill + FlashInfer decode, as Mini-SGLang defaults to.
+            return "fa3,fi" if torch.cuda.get_device_capability()[0] == 9 else "fi"
         return "torch"
+
+    @property
+    def resolved_cuda_graph_max_bs(self) -> int:
+        if self.cuda_graph_max_bs is not None:
+            return self.cuda_graph_max_bs
+        return 256 if self.resolved_attention_backend != "torch" else 0
 
     def to_scheduler_config(self, rank: int, dist_init_method: str | None = None) -> SchedulerConfig:
         return SchedulerConfig(
@@ -89,7 +98,7 @@ class ServerArgs:
             attention_backend=self.resolved_attention_backend,
             dummy_weight=self.dummy_weight,
             max_model_len=self.max_model_len,
-            cuda_graph_max_bs=self.cuda_graph_max_bs,
+            cuda_graph_max_bs=self.resolved_cuda_graph_max_bs,
             seed=self.seed,
             dist_init_method=dist_init_method if self.tp_size > 1 else None,
             cache_type=self.cache_type,
@@ -148,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per KV cache page")
     e.add_argument("--num-pages", type=int,
                    help="KV cache pages (default: sized from --memory-ratio)")
-    e.add_argument("--cuda-graph-max-bs", type=int, default=0,
-                   help="largest decode batch captured in a CUDA graph; 0 disables them")
+    e.add_argument("--cuda-graph-max-bs", type=int, default=None,
+                   help="largest decode batch captured in a CUDA graph; 0 disables them "
+                        "(default: 256 with a FlashInfer backend on cuda, else 0)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed for unseeded requests")
     s = p.add_argument_group("server")
     s.add_argument("--host", default=d["host"].default, help="address to listen on")
