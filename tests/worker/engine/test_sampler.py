@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 
 from minisgl.engine.sampler import Sampler, filter_logits, make_generator, token_logprobs
-from minisgl.sampling_params import SamplingParams
+from tests.worker.engine.sampler_rows import row
 
 INF = float("inf")
 
 
-@dataclass
-class Row:
-    params: SamplingParams
-    output_ids: list[int] = field(default_factory=list)
-    prompt_ids: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
-
-
-def row(output_ids=(), prompt_ids=(), **params) -> Row:
-    sp = SamplingParams(**params).validate()
-    gen = make_generator(sp.seed, "cpu") if sp.seed is not None else None
-    return Row(sp, list(output_ids), list(prompt_ids), gen)
 
 
 def frequencies(tokens: torch.Tensor, V: int) -> torch.Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 
-from minisgl.engine.sampler import Sampler, make_generator
-from minisgl.sampling_params import SamplingParams
+from minisgl.engine.sampler import Sampler
+from tests.worker.engine.sampler_rows import Row
+from tests.worker.engine.sampler_rows import row as cpu_row
 
 pytestmark = [
     pytest.mark.gpu,
@@ -16,18 +15,8 @@ pytestmark = [
 ]
 
 
-@dataclass
-class Row:
-    params: SamplingParams
-    output_ids: list[int] = field(default_factory=list)
-    prompt_ids: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
-
-
 def row(output_ids=(), prompt_ids=(), **params) -> Row:
-    sp = SamplingParams(**params).validate()
-    gen = make_generator(sp.seed, "cuda") if sp.seed is not None else None
-    return Row(sp, list(output_ids), list(prompt_ids), gen)
+    return cpu_row(output_ids, prompt_ids, device="cuda", **params)
 
 
 def mixed_rows() -> list[Row]:

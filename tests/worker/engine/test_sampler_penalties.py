@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from minisgl.engine.penalties import TokenHistory, apply_min_tokens, apply_penalties
-from minisgl.engine.sampler import Sampler, make_generator
-from minisgl.sampling_params import SamplingParams
+from minisgl.engine.sampler import Sampler
+from tests.worker.engine.sampler_rows import row
 
 
-@dataclass
-class Row:
-    params: SamplingParams
-    output_ids: list[int] = field(default_factory=list)
-    prompt_ids: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
-
-
-def row(output_ids=(), prompt_ids=(), **params) -> Row:
-    sp = SamplingParams(**params).validate()
-    gen = make_generator(sp.seed, "cpu") if sp.seed is not None else None
-    return Row(sp, list(output_ids), list(prompt_ids), gen)
 
 
 LOGITS = torch.tensor([2.0, -1.0, 0.5, -3.0, 4.0, 1.0])
