@@ -103,45 +103,40 @@ class LLM:
                                          [CompletionOutput(i) for i in range(p.n)])
             order.append(uid)
         params_of = dict(zip(order, params_list))
+        detoks = self._detokenizers(results, params_of)
         live = {(uid, i) for uid in order for i in range(params_of[uid].n)}
         while live:
             for out in self.scheduler.step():
-                res, p = results[out.uid], params_of[out.uid]
+                key = (out.uid, out.index)
+                if key not in live:
+                    continue  # a choice already cut by a stop string
+                res = results[out.uid]
                 choice = res.outputs[out.index]
                 if out.prompt_logprobs is not None:
                     res.prompt_logprobs = out.prompt_logprobs
                 res.num_cached_tokens = max(res.num_cached_tokens, out.num_cached_tokens)
-                if out.token_id is not None:
-                    choice.token_ids.append(out.token_id)
-                    if out.logprob is not None:
-                        choice.logprobs.append(out.logprob)
-                    if p.stop and self.tokenizer and not out.finished and self._hit_stop(choice, p):
-                        self.scheduler.abort(out.uid) if p.n == 1 else None
-                        choice.finish_reason = "stop"
-                        live.discard((out.uid, out.index))
-                        continue
-                if out.finished and (out.uid, out.index) in live:
-                    choice.finish_reason = out.finish_reason
-                    live.discard((out.uid, out.index))
-        for uid in order:
-            for choice in results[uid].outputs:
-                if not choice.text:
-                    choice.text = self._decode(choice.token_ids, params_of[uid])
+                new = [] if out.token_id is None else [out.token_id]
+                choice.token_ids += new
+                if out.token_id is not None and out.logprob is not None:
+                    choice.logprobs.append(out.logprob)
+                stopped = False
+                if detoks is not None:
+                    text, stopped = detoks[key].add(new, finished=out.finished)
+                    choice.text += text
+                if stopped or out.finished:
+                    choice.finish_reason = "stop" if stopped else out.finish_reason
+                    live.discard(key)
+                    if stopped and not any((out.uid, i) in live for i in range(len(res.outputs))):
+                        self.scheduler.abort(out.uid)  # free the KV of a request cut by a stop string
+        while self.scheduler.has_work:  # only abort notices of this call remain
+            self.scheduler.step()
         return [results[uid] for uid in order]
 
-    def _decode(self, ids: list[int], p: SamplingParams) -> str:
+    def _detokenizers(self, results: dict, params_of: dict):
+        """One incremental detokenizer per choice (the server's, so text and stop strings agree)."""
         if self.tokenizer is None:
-            return ""
-        text = self.tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
-        for s in p.stop:
-            at = text.find(s)
-            if at >= 0:
-                text = text[: at + (len(s) if p.include_stop_str_in_output else 0)]
-        return text
+            return None
+        from minisgl.tokenizer.detokenize import IncrementalDetokenizer
 
-    def _hit_stop(self, choice: CompletionOutput, p: SamplingParams) -> bool:
-        text = self.tokenizer.decode(choice.token_ids, skip_special_tokens=p.skip_special_tokens)
-        if any(s in text for s in p.stop):
-            choice.text = self._decode(choice.token_ids, p)
-            return True
-        return False
+        return {(uid, i): IncrementalDetokenizer(self.tokenizer, params_of[uid], res.prompt_token_ids)
+                for uid, res in results.items() for i in range(params_of[uid].n)}

@@ -193,3 +193,22 @@ def test_stats_report_queue_and_usage(tiny_llama):
     st = s.stats()
     assert st.num_running == 0 and st.num_waiting == 0 and st.kv_used_pages == 0
     assert st.prefix_hit_tokens_total > 0 and st.prefix_query_tokens_total == 15
+
+
+def test_offline_llm_stop_strings_cut_text_and_free_kv(tiny_llama):
+    from minisgl import LLM
+
+    llm = LLM(tiny_llama, dtype="float32")
+    prompt = [5, 6, 7, 8]
+    full = llm.generate([prompt], SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))[0]
+    assert full.finish_reason == "length" and len(full.text) > 6
+    stop = full.text[3:6]
+    cut = llm.generate([prompt], SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True,
+                                                stop=[stop]))[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+    kept = llm.generate([prompt], SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True,
+                                                 stop=[stop], include_stop_str_in_output=True))[0]
+    assert kept.text == full.text[: full.text.index(stop) + len(stop)]
+    assert not llm.scheduler.has_work
+    assert_no_leak(llm.scheduler)
