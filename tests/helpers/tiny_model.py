@@ -111,7 +111,8 @@ def tiny_config(arch: str, vocab_size: int, eos_id: int, **overrides) -> "object
     return cls(**common)
 
 
-def build_tiny_model(out_dir: Path | str, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+def build_tiny_model(out_dir: Path | str, arch: str = "llama", seed: int = 0,
+                     max_shard_size: str | None = None, **overrides) -> Path:
     """Write config.json + model.safetensors + tokenizer files for a random tiny model."""
     import torch
     import transformers
@@ -127,7 +128,8 @@ def build_tiny_model(out_dir: Path | str, arch: str = "llama", seed: int = 0, **
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.25 if "embed" not in name else 1.0)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(str(out_dir), safe_serialization=True, **extra)
     return out_dir
 
 

@@ -100,3 +100,46 @@ def test_bfloat16_runs_close_to_float32(tiny_models):
     for a, b in zip(f32, bf16):
         torch.testing.assert_close(torch.tensor(a.prompt_logprobs[1:]),
                                    torch.tensor(b.prompt_logprobs[1:]), atol=0.5, rtol=0.1)
+
+
+def test_sharded_checkpoint_loads_identically(tiny_models, hf_models, tmp_path):
+    from tests.helpers.tiny_model import build_tiny_model
+
+    sharded = build_tiny_model(tmp_path / "sharded", "qwen2", max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    prompts = _prompts(8, 2, 400)
+    a = LLM(str(sharded), dtype="float32").generate(prompts, GREEDY)
+    b = LLM(tiny_models["qwen2"], dtype="float32").generate(prompts, GREEDY)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+
+
+def test_dtype_auto_follows_config_and_float16_runs(tiny_models):
+    auto = LLM(tiny_models["llama"])  # config says float32
+    assert auto.scheduler.engine.dtype == torch.float32
+    half = LLM(tiny_models["llama"], dtype="float16")
+    assert half.scheduler.engine.kv.k.dtype == torch.float16
+    out = half.generate(_prompts(9, 2, 400), SamplingParams(max_tokens=4, ignore_eos=True))
+    assert all(len(o.token_ids) == 4 for o in out)
+
+
+def test_dummy_weights_ignore_the_checkpoint_and_agree_across_loads(tiny_models):
+    prompts = _prompts(10, 3, 400)
+    a = LLM(tiny_models["qwen3"], dtype="float32", dummy_weight=True).generate(prompts, GREEDY)
+    b = LLM(tiny_models["qwen3"], dtype="float32", dummy_weight=True).generate(prompts, GREEDY)
+    real = LLM(tiny_models["qwen3"], dtype="float32").generate(prompts, GREEDY)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert [o.token_ids for o in a] != [o.token_ids for o in real]
+
+
+def test_long_prompt_logprobs_are_computed_in_blocks(tiny_models, hf_models, monkeypatch):
+    import minisgl.engine.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "PROMPT_LOGPROB_BLOCK", 7)
+    llm = LLM(tiny_models["llama"], dtype="float32")
+    prompt = _prompts(11, 1, 400, lo=50, hi=50)[0]
+    out = llm.generate([prompt], SamplingParams(max_tokens=0, prompt_logprobs=True))[0]
+    with torch.no_grad():
+        logits = hf_models["llama"](torch.tensor([prompt])).logits[0].float()
+    expected = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(out.prompt_logprobs[1:]), expected, atol=1e-4, rtol=1e-4)

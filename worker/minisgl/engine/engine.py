@@ -22,6 +22,8 @@ from minisgl.models.loader import init_dummy_weights, load_weights
 
 logger = logging.getLogger(__name__)
 
+PROMPT_LOGPROB_BLOCK = 512  # positions per lm-head call when scoring prompts
+
 
 class ForwardOutput(NamedTuple):
     # One entry per batch.sample_rows, on the CPU (one device->host copy per step).
@@ -158,10 +160,13 @@ class Engine:
         n = min(batch.extend_lens[r], len(row.prompt_ids) - 1 - first_pos)
         if n <= 0:
             return []
-        logits = self.model.logits(hidden[start : start + n])
         targets = torch.tensor(row.prompt_ids[first_pos + 1 : first_pos + 1 + n], device=self.device)
-        lp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-        return lp.tolist()
+        out = []
+        for b in range(0, n, PROMPT_LOGPROB_BLOCK):  # bounded [block, vocab] f32 at a time
+            logits = self.model.logits(hidden[start + b : start + min(n, b + PROMPT_LOGPROB_BLOCK)])
+            t = targets[b : b + logits.shape[0]].unsqueeze(1)
+            out.append((logits.gather(1, t) - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(1))
+        return torch.cat(out).tolist()
 
     def shutdown(self) -> None:
         from minisgl.distributed import shutdown
