@@ -212,3 +212,43 @@ def test_offline_llm_stop_strings_cut_text_and_free_kv(tiny_llama):
     assert kept.text == full.text[: full.text.index(stop) + len(stop)]
     assert not llm.scheduler.has_work
     assert_no_leak(llm.scheduler)
+
+
+def test_preemption_under_pressure_recomputes_identical_tokens(tiny_llama, monkeypatch):
+    import minisgl.scheduler.cache as cache_mod
+
+    ps = prompts(10, 10, 40, seed=4)
+    params = SamplingParams(max_tokens=120, temperature=0.0, ignore_eos=True)
+    roomy = make(tiny_llama)
+    for uid, p in enumerate(ps):
+        roomy.add_request(uid, p, params)
+    expected = {k: [o.token_id for o in v if o.token_id is not None] for k, v in run_all(roomy).items()}
+
+    # 40 pages x 4 tokens: no request's full reservation (up to 160 tokens) fits beside another,
+    # so requests are admitted with a small window and must be preempted to grow.
+    monkeypatch.setattr(cache_mod, "RESERVE_WINDOW", 8)
+    tight = make(tiny_llama, page_size=4, num_pages=40, max_prefill_length=32)
+    for uid, p in enumerate(ps):
+        tight.add_request(uid, p, params)
+    got = {k: [o.token_id for o in v if o.token_id is not None] for k, v in run_all(tight).items()}
+    assert tight.stats().extra["preemptions_total"] > 0
+    assert got == expected
+    assert_no_leak(tight)
+
+
+def test_preemption_with_naive_cache_and_aborts(tiny_llama, monkeypatch):
+    import minisgl.scheduler.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "RESERVE_WINDOW", 4)
+    s = make(tiny_llama, cache_type="naive", page_size=2, num_pages=60)
+    for uid, p in enumerate(prompts(8, 5, 30, seed=5)):
+        s.add_request(uid, p, SamplingParams(max_tokens=80, ignore_eos=True, temperature=0.0))
+    for _ in range(60):
+        s.step()
+    s.abort(3)
+    outs = run_all(s)
+    assert outs[(3, 0)][-1].finish_reason == "abort"
+    assert all(v[-1].finish_reason == "length" and v[-1].num_output_tokens == 80
+               for k, v in outs.items() if k != (3, 0))
+    assert s.stats().extra["preemptions_total"] > 0
+    assert_no_leak(s)

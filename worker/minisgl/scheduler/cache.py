@@ -1,9 +1,13 @@
 """KV page accounting for the scheduler: page pool + prefix cache + reservations.
 
 Admission reserves every page a request can ever need (prompt + max_tokens, minus the
-pages it shares from the prefix cache), so an admitted request always finishes: memory
-pressure queues requests instead of crashing or deadlocking. Pages are allocated lazily
-as the request grows, evicting unused prefix-cache leaves when the pool runs dry.
+pages it shares from the prefix cache) when that fits, so such a request always finishes.
+When it does not fit (long max_tokens, e.g. a chat request that defaults to the whole
+context) the request is admitted with a window of RESERVE_WINDOW output tokens; growing
+past it takes free pages, and when none are left the scheduler preempts the most recently
+admitted request (its KV goes to the prefix cache; it is recomputed later, mostly from
+cache hits). Pages are allocated lazily, evicting unused prefix-cache leaves when the pool
+runs dry. Memory pressure therefore queues or preempts, never crashes or deadlocks.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 GROW_TOKENS = 128
+RESERVE_WINDOW = 256  # output tokens reserved at admission when the full max_tokens does not fit
 
 
 def _pages(tokens: int, page_size: int) -> int:
@@ -51,26 +56,35 @@ class CacheManager:
             )
 
     def try_admit(self, req: Req) -> bool:
-        """Match the prompt's cached prefix and reserve the rest; False if memory is short."""
-        if req.params.prompt_logprobs or not self.shares:
+        """Match the cached prefix and reserve the rest; False if memory is short."""
+        if req.params.prompt_logprobs and not req.output_ids:
             lookup = []  # prompt logprobs need every position computed
+        elif not self.shares:
+            lookup = []
         else:
-            lookup = req.prompt_ids[:-1]  # leave at least one token to compute
+            lookup = req.all_ids()[: req.fill_target]
+            if not req.output_ids:
+                lookup = lookup[:-1]  # leave at least one prompt token to compute
         match = self.cache.match(lookup)
         self.cache.lock(match.handle)
         matched = int(match.slots.shape[0])
-        need = _pages(req.max_total_len, self.page_size) - matched // self.page_size
+        full = _pages(req.max_total_len, self.page_size) - matched // self.page_size
+        window = min(req.max_total_len, req.fill_target + 1 + RESERVE_WINDOW)
+        need = full if full <= self.available_pages else (
+            _pages(window, self.page_size) - matched // self.page_size)
         if need > self.available_pages:
             self.cache.unlock(match.handle)
             return False
         req.slots, req.handle = match.slots.clone(), match.handle
-        req.kv_len = req.matched_len = req.num_cached = matched
+        req.kv_len = req.matched_len = matched
+        if req.num_preemptions == 0:
+            req.num_cached = matched
         req.reserved_pages = need
         self.outstanding += need
         req.admitted = True
         return True
 
-    def ensure_slots(self, req: Req, length: int) -> None:
+    def ensure_slots(self, req: Req, length: int) -> bool:
         """Grow req.slots to cover positions [0, length).
 
         Grows by at least GROW_TOKENS at a time (within the reservation), so a decoding
@@ -78,17 +92,21 @@ class CacheManager:
         have = int(req.slots.shape[0]) // self.page_size
         n = _pages(length, self.page_size) - have
         if n <= 0:
-            return
-        if n > req.reserved_pages:
-            raise RuntimeError(f"request {req.uid} outgrew its reservation")  # scheduler bug
-        n = max(n, min(req.reserved_pages, _pages(GROW_TOKENS, self.page_size)))
+            return True
+        if n > req.reserved_pages:  # past the admission window: unreserved pages only
+            if n - req.reserved_pages > self.available_pages:
+                return False  # the scheduler preempts someone and retries
+        else:
+            n = max(n, min(req.reserved_pages, _pages(GROW_TOKENS, self.page_size)))
         if self.pool.num_free < n:
             freed = self.cache.evict((n - self.pool.num_free) * self.page_size)
             if freed.numel():
                 self.pool.free_slots(freed)
         req.slots = torch.cat([req.slots, self.pool.alloc_slots(n)])
-        req.reserved_pages -= n
-        self.outstanding -= n
+        used = min(n, req.reserved_pages)
+        req.reserved_pages -= used
+        self.outstanding -= used
+        return True
 
     def _store(self, req: Req, ids: list[int]) -> int:
         """Insert ids' whole pages into the prefix cache; free our duplicates. Returns aligned len."""
@@ -127,6 +145,8 @@ class CacheManager:
         req.reserved_pages = 0
         req.admitted = False
         req.slots = req.slots[:0]
+        req.handle = None
+        req.kv_len = req.matched_len = 0
 
     def stats(self) -> tuple[int, int]:
         return self.active_pages, self.pool.num_total

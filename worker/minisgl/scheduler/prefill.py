@@ -24,6 +24,10 @@ class PrefillManager:
     def add(self, req: Req) -> None:
         self.waiting.append(req)
 
+    def requeue(self, req: Req) -> None:
+        """A preempted request goes back to the head of the queue."""
+        self.waiting.appendleft(req)
+
     def remove(self, uid: int) -> list[Req]:
         gone = [r for r in self.waiting if r.uid == uid]
         self.waiting = deque(r for r in self.waiting if r.uid != uid)
@@ -37,8 +41,9 @@ class PrefillManager:
 
         def take(req: Req) -> None:
             nonlocal budget
-            n = min(req.prompt_len - req.kv_len, budget)
-            self.cache.ensure_slots(req, req.kv_len + n)
+            n = min(req.fill_target - req.kv_len, budget)
+            if not self.cache.ensure_slots(req, req.kv_len + n):
+                raise RuntimeError(f"request {req.uid}: prefill outside its reservation")  # bug
             reqs.append(req)
             chunks.append(n)
             budget -= n
@@ -60,6 +65,7 @@ class PrefillManager:
             self.waiting.popleft()
             running.append(req)
             num_running += 1
-            take(req)
+            if not req.prefill_done:  # a preempted request may be fully cached already
+                take(req)
         self.waiting.extendleft(reversed(skipped))
         return PrefillPlan(reqs, chunks) if reqs else None

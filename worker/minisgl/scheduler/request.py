@@ -33,14 +33,21 @@ class Req:
     sent_first: bool = False
     finished: bool = False
     finish_reason: str | None = None
+    num_preemptions: int = 0
 
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_ids)
 
     @property
+    def fill_target(self) -> int:
+        """Tokens whose KV must exist before decoding: the prompt, or after a preemption the
+        prompt plus every output but the last (which is the next decode input)."""
+        return self.prompt_len + max(0, len(self.output_ids) - 1)
+
+    @property
     def prefill_done(self) -> bool:
-        return self.kv_len >= self.prompt_len
+        return self.kv_len >= self.fill_target
 
     @property
     def max_total_len(self) -> int:

@@ -38,6 +38,7 @@ class Scheduler:
         self._live_uids: set[int] = set()
         self._hit_tokens = 0
         self._query_tokens = 0
+        self._preemptions = 0
         self.last_step_time = time.time()
 
     # ---- requests in -------------------------------------------------------------------
@@ -100,24 +101,49 @@ class Scheduler:
                     if not req.params.prompt_logprobs:
                         self._hit_tokens += req.num_cached
                         self._query_tokens += req.prompt_len
+            # Rows recomputing after a preemption already have their next token: no sampling.
             sample = [i for i, (r, n) in enumerate(zip(plan.reqs, plan.chunks))
-                      if r.kv_len + n >= r.prompt_len and r.params.max_tokens > 0]
-            lp_rows = [i for i, r in enumerate(plan.reqs) if r.params.prompt_logprobs]
+                      if not r.output_ids and r.kv_len + n >= r.prompt_len and r.params.max_tokens > 0]
+            lp_rows = [i for i, r in enumerate(plan.reqs)
+                       if r.params.prompt_logprobs and not r.output_ids]
             return Batch.build(
                 "prefill", plan.reqs,
-                [r.prompt_ids[r.kv_len : r.kv_len + n] for r, n in zip(plan.reqs, plan.chunks)],
+                [r.all_ids()[r.kv_len : r.kv_len + n] if r.output_ids else
+                 r.prompt_ids[r.kv_len : r.kv_len + n] for r, n in zip(plan.reqs, plan.chunks)],
                 [r.kv_len for r in plan.reqs], [r.slots for r in plan.reqs], sample,
                 self.engine.device, lp_rows,
             )
-        decode = [r for r in self.running if r.prefill_done and not r.finished]
+        decode: list[Req] = []
+        for req in [r for r in self.running if r.prefill_done and not r.finished]:
+            if req.admitted and self._make_room(req, decode):
+                decode.append(req)
         if not decode:
             return None
-        for req in decode:
-            self.cache.ensure_slots(req, req.kv_len + 1)
         return Batch.build(
             "decode", decode, [[r.output_ids[-1]] for r in decode], [r.kv_len for r in decode],
             [r.slots for r in decode], list(range(len(decode))), self.engine.device,
         )
+
+    def _make_room(self, req: Req, keep: list[Req]) -> bool:
+        """Give req a slot for its next token, preempting the most recently admitted other
+        requests (never those in `keep`) while the pool is short. False: req itself was."""
+        while not self.cache.ensure_slots(req, req.kv_len + 1):
+            victims = [r for r in self.running if r.admitted and r is not req and r not in keep]
+            victim = victims[-1] if victims else req
+            self._preempt(victim)
+            if victim is req:
+                return False
+        return True
+
+    def _preempt(self, req: Req) -> None:
+        """Free req's pages (its KV stays in the prefix cache) and queue it for recompute."""
+        self.cache.release(req)
+        req.num_preemptions += 1
+        self._preemptions += 1
+        self.running = [r for r in self.running if r is not req]
+        self.prefill.requeue(req)
+        logger.info("preempted request %d (%d tokens) under KV pressure", req.uid,
+                    req.prompt_len + len(req.output_ids))
 
     def _process(self, batch: Batch, result: ForwardOutput) -> list[TokenOutput]:
         outputs: list[TokenOutput] = []
@@ -190,7 +216,7 @@ class Scheduler:
             num_running=len(self.running), num_waiting=len(self.prefill.waiting),
             kv_used_pages=used, kv_total_pages=total, prefix_hit_tokens_total=self._hit_tokens,
             prefix_query_tokens_total=self._query_tokens, last_step_time=self.last_step_time,
-            has_work=self.has_work,
+            has_work=self.has_work, extra={"preemptions_total": self._preemptions},
         )
 
     def shutdown(self) -> None:
