@@ -16,6 +16,7 @@ from minisgl_operator import GROUP, PLURAL, VERSION
 from minisgl_operator.builders import Owner
 from minisgl_operator.kube import Kube, load_api_client
 from minisgl_operator.reconcile import Reconciler, utc_now
+from minisgl_operator.metrics import OperatorMetrics
 from minisgl_operator.settings import OperatorConfig
 from minisgl_operator.spec import parse_spec
 from minisgl_operator.status import StatusUpdate, failed_status
@@ -85,6 +86,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         settings.posting.level = logging.WARNING  # our own transition events are the story
         settings.watching.server_timeout = 300
         memo.reconciler = Reconciler(Kube(load_api_client()))
+        memo.metrics = OperatorMetrics()
+        if config.metrics_port:
+            memo.metrics.serve(config.metrics_port)
         scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
         logger.info("minisgl operator watching %s, resync every %ss", scope, config.resync_seconds)
 
@@ -92,12 +96,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        reconcile_resource(body, patch, memo.reconciler)
+        with memo.metrics.reconciling():
+            reconcile_resource(body, patch, memo.reconciler)
 
     @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=config.resync_seconds,
                 initial_delay=config.resync_seconds, registry=registry)
     def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         try:
-            reconcile_resource(body, patch, memo.reconciler)
+            with memo.metrics.reconciling():
+                reconcile_resource(body, patch, memo.reconciler)
         except kopf.PermanentError:
             pass  # already reported in the status; the next spec change reconciles again

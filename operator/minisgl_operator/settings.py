@@ -16,6 +16,7 @@ class OperatorConfig:
     resync_seconds: float = 10.0
     log_level: str = "INFO"
     peering: str | None = None  # kopf peering name for several replicas; None = standalone
+    metrics_port: int = 8081  # Prometheus /metrics; 0 disables
 
     @property
     def clusterwide(self) -> bool:
@@ -46,12 +47,18 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--peering", default=env.get(ENV_PREFIX + "PEERING") or None,
                         help="kopf peering name (needs the kopf peering CRD); default: standalone")
+    parser.add_argument("--metrics-port", type=int,
+                        default=int(env.get(ENV_PREFIX + "METRICS_PORT", OperatorConfig.metrics_port)),
+                        help="port of the operator's Prometheus /metrics (0 disables; "
+                             "env MINISGL_OPERATOR_METRICS_PORT)")
     args = parser.parse_args(argv)
     namespaces = args.namespaces or [n for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n.strip()]
     if args.all_namespaces and args.namespaces:
         raise ValueError("--all-namespaces and --namespace are exclusive")
     if args.all_namespaces:
         namespaces = []
+    if not 0 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be in [0, 65535], got {args.metrics_port}")
     if args.resync_seconds <= 0:
         raise ValueError(f"--resync-seconds must be > 0, got {args.resync_seconds}")
     return OperatorConfig(
@@ -60,4 +67,5 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         resync_seconds=args.resync_seconds,
         log_level=args.log_level,
         peering=args.peering,
+        metrics_port=args.metrics_port,
     )

@@ -18,7 +18,8 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 STRATEGIES = ("Auto", "RollingUpdate", "Recreate")
 METRICS = ("waiting-requests", "kv-usage")
 DEFAULT_TARGETS = {"waiting-requests": 4.0, "kv-usage": 0.8}
-MANAGED_FLAGS = ("--model-path", "--host", "--port", "--tp-size", "--device")
+MANAGED_FLAGS = ("--model-path", "--host", "--port", "--tp-size", "--tensor-parallel-size",
+                 "--device")
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def test_namespaced_operator_reconciles_with_only_the_charts_rbac(cluster: Clust
     log = tmp_path / "operator.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "minisgl_operator", "--namespace=team-a",
-                                 f"--liveness=http://127.0.0.1:{port}/healthz"],
+                                 f"--liveness=http://127.0.0.1:{port}/healthz", "--metrics-port=0"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         cluster.kubectl("apply", "-n", "team-a", "-f", str(REPO / "examples" / "deployment.yaml"))

@@ -253,6 +253,7 @@ class OperatorProcess:
         self.log_path = log_path
         self.resync_seconds = resync_seconds
         self.liveness_port = free_port()
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "OperatorProcess":
@@ -263,7 +264,8 @@ class OperatorProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "minisgl_operator", "--all-namespaces",
-             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
+             "--metrics-port", str(self.metrics_port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._live, timeout, "operator liveness endpoint")
         return self

@@ -244,3 +244,20 @@ spec:
     storage: true
     schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
 """
+
+
+def test_operator_serves_reconcile_metrics(kube, ns, operator):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    create(kube, ns, "metered", model={"path": "Qwen/Qwen3-8B"})
+
+    def reconciled_ok() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=2).text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "minisgl_operator_reconciles_total" and s.labels == {"result": "ok"}:
+                    return s.value >= 1
+        return False
+
+    wait_for(reconciled_ok, TIMEOUT, "minisgl_operator_reconciles_total{result=ok}")

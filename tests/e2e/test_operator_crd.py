@@ -32,6 +32,7 @@ def apply(cluster: Cluster, name: str, dry_run: bool = True, **spec):
     ({"replicas": -1}, "spec.replicas: Invalid value"),
     ({"autoscaling": {"minReplicas": 4, "maxReplicas": 2}}, "autoscaling.minReplicas must be <= autoscaling.maxReplicas"),
     ({"engine": {"extraArgs": ["--port", "9"]}}, "engine.extraArgs must not set --model-path"),
+    ({"engine": {"extraArgs": ["--tensor-parallel-size=4"]}}, "engine.extraArgs must not set"),
     ({"engine": {"dtype": "int4"}}, "spec.engine.dtype: Unsupported value"),
     ({"rollout": {"strategy": "BlueGreen"}}, "spec.rollout.strategy: Unsupported value"),
 ])

@@ -38,6 +38,7 @@ def test_cpu_device_needs_no_gpu():
         ({"replicas": -1}, "spec.replicas"),
         ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must be <="),
         ({"engine": {"extraArgs": ["--port=9"]}}, "--port"),
+        ({"engine": {"extraArgs": ["--tensor-parallel-size", "4"]}}, "--tensor-parallel-size"),
         ({"engine": {"dtype": "int3"}}, "engine.dtype"),
         ({"rollout": {"strategy": "Blue"}}, "rollout.strategy"),
         ({"model": {}}, "model.path"),

@@ -86,3 +86,13 @@ def test_invalid_values_fail_with_a_one_line_reason(argv, reason, capsys):
 def test_server_args_validate_on_construction():
     with pytest.raises(ValueError, match="--shutdown-timeout"):
         ServerArgs(model_path="demo", device="cpu", shutdown_timeout=-1)
+
+
+def test_abbreviated_flags_are_rejected():
+    """extraArgs like `--po 9999` must not silently override the operator's --port."""
+    import pytest as _pytest
+
+    from minisgl.server.args import build_parser
+
+    with _pytest.raises(SystemExit):
+        build_parser().parse_args(["--model-path", "demo", "--po", "9999"])

@@ -43,7 +43,7 @@ class Engine:
             self.device = torch.device("cuda", config.tp_rank)
         self.tp = init_tp_group(config.tp_rank, config.tp_size, config.dist_init_method, config.device)
         torch.manual_seed(config.seed)  # identical on every rank: unseeded sampling agrees under TP
-        self.model_dir = resolve_model_path(config.model_path)
+        self.model_dir = resolve_model_path(config.model_path, weights=not config.dummy_weight)
         self.model_config = ModelConfig.from_path(self.model_dir)
         self.dtype = self.model_config.resolve_dtype(config.dtype)
         self.max_model_len = min(config.max_model_len or 1 << 30,

@@ -52,7 +52,7 @@ class ServerArgs:
             raise ValueError(f"--max-model-len must be >= 2, got {self.max_model_len}")
         from minisgl.models import resolve_model_path
 
-        resolve_model_path(self.model_path)  # raises ValueError naming the problem
+        resolve_model_path(self.model_path, weights=not self.dummy_weight)  # ValueError names the problem
         # Everything the engine checks (dtype, tp size, backend vs device, ...), checked now.
         self.to_scheduler_config(0, dist_init_method="file:///validate")
 
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m minisgl",
         description="Serve an LLM over an OpenAI-compatible HTTP API (or chat in a shell).",
         formatter_class=_Formatter,
+        allow_abbrev=False,  # "--po" must not silently mean "--port"
     )
     d = ServerArgs.__dataclass_fields__
     m = p.add_argument_group("model")
