@@ -252,3 +252,16 @@ def test_preemption_with_naive_cache_and_aborts(tiny_llama, monkeypatch):
                for k, v in outs.items() if k != (3, 0))
     assert s.stats().extra["preemptions_total"] > 0
     assert_no_leak(s)
+
+
+def test_abort_of_one_choice_leaves_its_siblings_running(tiny_llama):
+    s = make(tiny_llama)
+    s.add_request(9, [5, 6, 7], SamplingParams(n=3, max_tokens=30, ignore_eos=True, seed=1))
+    for _ in range(4):
+        s.step()
+    s.abort(9, index=1)
+    outs = run_all(s)
+    assert outs[(9, 1)][-1].finish_reason == "abort"
+    assert outs[(9, 1)][-1].num_output_tokens < 30
+    assert outs[(9, 0)][-1].finish_reason == outs[(9, 2)][-1].finish_reason == "length"
+    assert_no_leak(s)

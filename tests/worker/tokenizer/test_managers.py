@@ -77,19 +77,19 @@ def test_detokenize_manager_streams_and_finishes(tokenizer):
     assert dm.process([_out(7, 5)]) == ([], [])  # late outputs for a finished uid are dropped
 
 
-def test_stop_string_finishes_choice_and_aborts_once_all_choices_are_done(tokenizer):
+def test_stop_string_aborts_just_that_choice_at_once(tokenizer):
     dm = DetokenizeManager(tokenizer)
     _register(dm, tokenizer, 3, stop=("model",), n=2)
     a, b = tokenizer.encode(" the model is"), tokenizer.encode(" the")
     chunks, aborts = dm.process([_out(3, t, index=0) for t in a])
     assert "".join(c.text for c in chunks) == " the " and chunks[-1].finish_reason == "stop"
-    assert aborts == []  # choice 1 is still running
+    assert aborts == [(3, 0)]  # choice 0 stops decoding now; choice 1 goes on
     more, aborts = dm.process([_out(3, t, index=0) for t in a])  # choice 0 is over: ignored
-    assert more == []
+    assert more == [] and aborts == []
     chunks, aborts = dm.process([_out(3, t, index=1) for t in b]
                                 + [_out(3, None, index=1, finished=True, reason="length")])
     assert "".join(c.text for c in chunks) == " the" and chunks[-1].finish_reason == "length"
-    assert aborts == [3] and len(dm) == 0
+    assert aborts == [] and len(dm) == 0
 
 
 def test_drop_reports_whether_the_request_was_live(tokenizer):

@@ -19,9 +19,11 @@ class UserMsg:
 
 @dataclass(frozen=True)
 class AbortBackendMsg:
-    """Free everything the scheduler holds for `uid` (client gone or stop string hit)."""
+    """Free what the scheduler holds for `uid` (client gone), or for one choice `index` of it
+    (that choice hit a stop string while its siblings go on)."""
 
     uid: int
+    index: int | None = None
 
 
 @dataclass(frozen=True)

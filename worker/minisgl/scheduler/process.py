@@ -64,7 +64,7 @@ def _apply(sched: Any, io: Any, msgs: list[UserMsg | AbortBackendMsg]) -> None:
                     io.send_error(msg.uid, exc)
         else:
             try:
-                sched.abort(msg.uid)
+                sched.abort(msg.uid, msg.index)
             except (KeyError, ValueError) as exc:  # finished meanwhile: nothing left to free
                 logger.debug("abort of request %d ignored: %r", msg.uid, exc)
 

@@ -69,8 +69,15 @@ class Scheduler:
             self.prefill.add(req)
         self._live_uids.add(uid)
 
-    def abort(self, uid: int) -> None:
-        reqs = self.prefill.remove(uid) + [r for r in self.running if r.uid == uid]
+    def abort(self, uid: int, index: int | None = None) -> None:
+        """Abort every choice of uid, or only choice `index` (n > 1 stop strings)."""
+        if index is None:
+            reqs = self.prefill.remove(uid) + [r for r in self.running if r.uid == uid]
+        else:
+            reqs = [r for r in list(self.prefill.waiting) + self.running
+                    if r.uid == uid and r.index == index and not r.finished]
+            self.prefill.waiting = type(self.prefill.waiting)(
+                r for r in self.prefill.waiting if r not in reqs)
         for req in reqs:
             self._finish(req, "abort")
         self.running = [r for r in self.running if not r.finished]

@@ -57,10 +57,12 @@ class DetokenizeManager:
         """Forget a request; True if it was live (the scheduler must then be told to abort it)."""
         return self._requests.pop(uid, None) is not None
 
-    def process(self, outputs: list[TokenOutput]) -> tuple[list[ReplyChunk], list[int]]:
-        """Chunks for the API process, and uids whose remaining choices the scheduler must abort."""
+    def process(self, outputs: list[TokenOutput]
+                ) -> tuple[list[ReplyChunk], list[tuple[int, int | None]]]:
+        """Chunks for the API process, and (uid, choice index) pairs the scheduler must abort:
+        a choice cut by a stop string stops decoding at once, whatever its siblings do."""
         chunks: list[ReplyChunk] = []
-        aborts: list[int] = []
+        aborts: list[tuple[int, int | None]] = []
         for out in outputs:
             req = self._requests.get(out.uid)
             if req is None:
@@ -75,10 +77,10 @@ class DetokenizeManager:
             chunks.append(self._chunk(req, choice, out))
             if choice.finished:
                 req.num_finished += 1
+                if choice.cut_by_stop_string and not out.finished:
+                    aborts.append((out.uid, None if req.params.n == 1 else out.index))
                 if req.num_finished == req.params.n:
                     del self._requests[out.uid]
-                    if any(c.cut_by_stop_string for c in req.choices.values()):
-                        aborts.append(out.uid)
         return chunks, aborts
 
     def _chunk(self, req: _Request, choice: _Choice, out: TokenOutput) -> ReplyChunk:
@@ -157,7 +159,7 @@ def _serve(spec: DetokenizerSpec, ack: Callable[[dict], None], settings: Any) ->
             if isinstance(msg, BatchTokenOutputMsg):
                 new_chunks, aborts = manager.process(msg.outputs)
                 chunks.extend(new_chunks)
-                backend.extend(AbortBackendMsg(uid) for uid in aborts)
+                backend.extend(AbortBackendMsg(uid, index) for uid, index in aborts)
             elif isinstance(msg, TokenizeMsg):  # --num-tokenizer 0: we tokenize too
                 out = tokenize.try_tokenize(msg)
                 if isinstance(out, TokenizedMsg):
