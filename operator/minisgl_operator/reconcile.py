@@ -37,9 +37,13 @@ class Reconciler:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
 
-    def rollout_plan(self, spec: WorkerSpec) -> RolloutPlan:
+    def rollout_plan(self, spec: WorkerSpec, owner: Owner | None = None) -> RolloutPlan:
         if spec.rollout_strategy != "Auto" or spec.gpus_per_pod == 0:
             return plan_rollout(spec, {})
+        if owner is not None and self._has_unschedulable_pod(owner):
+            # The capacity count missed something (taints, affinity, CPU/memory): a surge pod
+            # that cannot schedule would block the rollout until its deadline. Replace in place.
+            return RolloutPlan(IN_PLACE, "Auto: in place (a pod of this deployment is unschedulable)")
         try:
             nodes = self.kube.list(object_path("v1", "Node", None))
             pods = self.kube.list(
@@ -54,9 +58,17 @@ class Reconciler:
             return RolloutPlan(IN_PLACE, "Auto: in place (no permission to read node capacity)")
         return plan_rollout(spec, free_gpus_per_node(nodes, pods, spec.node_selector))
 
+    def _has_unschedulable_pod(self, owner: Owner) -> bool:
+        selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner.name).items())
+        pods = self.kube.list(object_path("v1", "Pod", owner.namespace), label_selector=selector)
+        return any(
+            c.get("type") == "PodScheduled" and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+            for p in pods for c in (p.get("status") or {}).get("conditions") or ())
+
     def apply(self, owner: Owner, spec: WorkerSpec) -> RolloutPlan:
         """Apply every desired object (server-side) and delete owned ones no longer wanted."""
-        plan = self.rollout_plan(spec)
+        plan = self.rollout_plan(spec, owner)
         monitor_api = self.kube.serves("monitoring.coreos.com/v1", "servicemonitors")
         objects = desired_objects(owner, spec, plan, monitor_api)
         for obj in objects:

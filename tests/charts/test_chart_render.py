@@ -43,6 +43,8 @@ SCENARIOS: dict[str, dict] = {
     },
     "watch-release-namespace": {"watch.scope": "namespaces"},
     "watch-two-namespaces": {"watch.scope": "namespaces", "watch.namespaces": ["team-a", "team-b"]},
+    "namespaced-with-cluster-pod-read": {"watch.scope": "namespaces", "watch.namespaces": ["team-a"],
+                                         "rbac.readPodsClusterWide": True},
     "no-rbac-existing-service-account": {"rbac.create": False, "serviceAccount.create": False,
                                          "serviceAccount.name": "ops-sa"},
     "no-dashboards": {"dashboards.enabled": False},

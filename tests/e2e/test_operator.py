@@ -149,6 +149,19 @@ def test_crash_looping_worker_degrades_the_resource(kube, ns, operator):
     assert "back-off 1m20s" in condition(cr, "Degraded")["message"]
 
 
+def test_image_pull_failure_degrades_the_resource(kube, ns, operator):
+    create(kube, ns, "pull")
+    pod = wait_for(lambda: pods(kube, ns) and pods(kube, ns)[0], TIMEOUT, "a pod")
+    write_pod_status(kube, pod, {"phase": "Pending", "containerStatuses": [{
+        "name": "worker", "ready": False, "restartCount": 0, "image": "img", "imageID": "",
+        "state": {"waiting": {"reason": "ImagePullBackOff",
+                              "message": "Back-off pulling image \"ghcr.io/x/minisgl:nope\""}}}]})
+    cr = wait_for(lambda: condition(msgl(kube, ns, "pull"), "Degraded").get("reason") == "ImagePullBackOff"
+                  and msgl(kube, ns, "pull"), TIMEOUT, "ImagePullBackOff")
+    assert cr["status"]["phase"] == "Degraded"
+    assert "minisgl:nope" in condition(cr, "Degraded")["message"]
+
+
 def test_scale_update_and_hpa_through_the_scale_subresource(kube, ns, operator, cluster):
     create(kube, ns, "s", replicas=2)
     wait_for(lambda: get(kube, "policy/v1", "PodDisruptionBudget", ns, "s"), TIMEOUT, "PDB")
@@ -179,6 +192,14 @@ def test_gpu_aware_rollout_surges_only_when_a_node_has_room(kube, ns, operator):
                  body={"status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}})
     wait_for(lambda: strategy().get("rollingUpdate", {}).get("maxSurge") == 1, TIMEOUT, "surge once 8 GPUs are free")
     assert "surge" in msgl(kube, ns, "r")["status"]["rolloutStrategy"]
+    # The node count says "room", but a pod of ours cannot schedule (taints, affinity, ...):
+    # a surge would block, so the operator must fall back to in place.
+    pod = wait_for(lambda: pods(kube, ns) and pods(kube, ns)[0], TIMEOUT, "a worker pod")
+    write_pod_status(kube, pod, {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/2 nodes are available: 1 node(s) had untolerated taint."}]})
+    wait_for(lambda: strategy().get("rollingUpdate", {}).get("maxSurge") == 0, TIMEOUT,
+             "in place while a pod is unschedulable")
     kube.request("DELETE", f"/api/v1/nodes/{node}")
     patch_spec(kube, ns, "r", {"rollout": {"strategy": "Recreate"}})
     wait_for(lambda: strategy().get("type") == "Recreate", TIMEOUT, "forced Recreate")
