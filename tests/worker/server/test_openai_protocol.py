@@ -111,3 +111,14 @@ def test_each_app_has_its_own_registry():
     assert b'minisgl_server_ready{model="b"} 0.0' in b.render()
     with pytest.raises(ValueError):
         a.request_finished("weird")
+
+
+def test_integers_beyond_int64_are_rejected_naming_the_field():
+    import pydantic
+    import pytest as _pytest
+
+    from minisgl.server.protocol import CompletionRequest
+
+    with _pytest.raises(pydantic.ValidationError, match="seed"):
+        CompletionRequest(model="m", prompt="x", seed=2**65)
+    assert CompletionRequest(model="m", prompt="x", seed=2**63 - 1).seed == 2**63 - 1

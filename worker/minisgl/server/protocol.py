@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, conint
 
 # Pydantic's lax mode turns "5" into 5 and true into 1; an API that silently accepts wrong
 # types hides client bugs, so the numeric and boolean fields are strict (floats accept ints).
-Int = StrictInt
+# Bounded to int64: larger values could not cross the msgpack wire to the scheduler.
+Int = conint(strict=True, ge=-(2**63), lt=2**63)
 Bool = StrictBool
 Float = StrictFloat
 
