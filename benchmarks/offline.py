@@ -123,12 +123,11 @@ def main() -> None:
     from minisgl.models.config import ModelConfig
     from minisgl.models import resolve_model_path
 
-    vocab = ModelConfig.from_path(resolve_model_path(args.model_path)).vocab_size
+    mcfg = ModelConfig.from_path(resolve_model_path(args.model_path))
     reqs = offline_workload(args.num_requests, tuple(args.input_len), tuple(args.output_len),
-                            args.seed, vocab)
+                            args.seed, mcfg.vocab_size)
     elapsed, tokens = run_minisgl(args, reqs)
     print(f"minisgl: {tokens} tokens in {elapsed:.2f}s = {tokens / elapsed:.1f} tok/s", flush=True)
-    mcfg = ModelConfig.from_path(resolve_model_path(args.model_path))
     result = {
         "benchmark": args.name or f"offline-{args.num_requests}", "model": f"{args.model} (dummy)"
         if args.dummy_weight or args.model == "demo" else args.model,

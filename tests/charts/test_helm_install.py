@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from tests.charts.helm import CHART, REPO, helm_binary, run_helm, set_args
-from tests.e2e.kube import Cluster, find_binaries
+from tests.e2e.kube import Cluster, find_binaries, write_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -99,20 +99,8 @@ def test_helm_refuses_bad_values_before_touching_the_cluster(cluster: Cluster, c
 
 def sa_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path:
     token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
-    path.write_text(f"""apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster: {{server: "{cluster.server}", certificate-authority: "{cluster.dir / 'ca.crt'}"}}
-users:
-- name: {sa}
-  user: {{token: "{token}"}}
-contexts:
-- name: e2e
-  context: {{cluster: e2e, user: {sa}, namespace: {namespace}}}
-current-context: e2e
-""")
-    return path
+    return write_kubeconfig(path, cluster.server, cluster.dir / "ca.crt", sa, f'token: "{token}"',
+                            namespace)
 
 
 def test_namespaced_operator_reconciles_with_only_the_charts_rbac(cluster: Cluster, cluster_wide: str,

@@ -121,22 +121,29 @@ def _write_pki(d: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _kubeconfig(d: Path, server: str, user: str) -> Path:
-    path = d / f"{user}.kubeconfig"
+def write_kubeconfig(path: Path, server: str, ca: Path, user: str, credentials: str,
+                     namespace: str = "default") -> Path:
+    """A one-context kubeconfig; `credentials` is the user's YAML flow mapping body."""
     path.write_text(f"""apiVersion: v1
 kind: Config
 clusters:
 - name: e2e
-  cluster: {{server: "{server}", certificate-authority: "{d / 'ca.crt'}"}}
+  cluster: {{server: "{server}", certificate-authority: "{ca}"}}
 users:
 - name: {user}
-  user: {{client-certificate: "{d / f'{user}.crt'}", client-key: "{d / f'{user}.key'}"}}
+  user: {{{credentials}}}
 contexts:
 - name: e2e
-  context: {{cluster: e2e, user: {user}, namespace: default}}
+  context: {{cluster: e2e, user: {user}, namespace: {namespace}}}
 current-context: e2e
 """)
     return path
+
+
+def _kubeconfig(d: Path, server: str, user: str) -> Path:
+    return write_kubeconfig(d / f"{user}.kubeconfig", server, d / "ca.crt", user,
+                            f'client-certificate: "{d / f"{user}.crt"}", '
+                            f'client-key: "{d / f"{user}.key"}"')
 
 
 class Cluster:
@@ -186,7 +193,7 @@ class Cluster:
             "--disable-admission-plugins=ServiceAccount", "--enable-priority-and-fairness=false",
             "--profiling=false", "--v=1",
         ])
-        admin = _kubeconfig(d, self.server, "admin")
+        _kubeconfig(d, self.server, "admin")
         _kubeconfig(d, self.server, "operator")
         wait_for(self._ready, timeout, "kube-apiserver /readyz")
         return self

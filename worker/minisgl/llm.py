@@ -6,6 +6,7 @@ set of prompts through the engine, and the reference the server's output is test
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
@@ -64,22 +65,19 @@ class LLM:
 
         self.config = SchedulerConfig(model_path=model_path, **kwargs)
         self.scheduler = Scheduler(self.config)
-        self._tokenizer = None
         self._next_uid = 0
 
-    @property
+    @functools.cached_property
     def tokenizer(self):
         """The model directory's tokenizer, or None when it ships none (config-only
         --dummy-weight models: token-id prompts work, outputs carry no text)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+        from transformers import AutoTokenizer
 
-            model_dir = self.scheduler.engine.model_dir
-            if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
-                                                           "tokenizer.model")):
-                return None
-            self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        return self._tokenizer
+        model_dir = self.scheduler.engine.model_dir
+        if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                       "tokenizer.model")):
+            return None
+        return AutoTokenizer.from_pretrained(str(model_dir))
 
     def generate(self, prompts: Sequence[str] | Sequence[list[int]],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,

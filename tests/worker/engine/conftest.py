@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import minisgl.llm
+from tests.helpers.pages import assert_no_leak
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +20,4 @@ def no_page_leaks(monkeypatch):
     monkeypatch.setattr(minisgl.llm.LLM, "__init__", tracking_init)
     yield
     for llm in built:
-        cm = llm.scheduler.cache
-        assert not llm.scheduler.has_work
-        assert cm.outstanding == 0 and cm.cache.protected_size == 0
-        assert cm.pool.num_free + cm.cache.evictable_size // cm.page_size == cm.pool.num_total
+        assert_no_leak(llm.scheduler)

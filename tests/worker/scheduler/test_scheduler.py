@@ -10,6 +10,7 @@ from minisgl.config import SchedulerConfig
 from minisgl.errors import ContextTooLong, InvalidRequest
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.scheduler import Scheduler
+from tests.helpers.pages import assert_no_leak
 
 
 def make(model: str, **kw) -> Scheduler:
@@ -25,18 +26,6 @@ def run_all(s: Scheduler, max_steps: int = 10_000) -> dict[tuple[int, int], list
         for o in s.step():
             outs.setdefault((o.uid, o.index), []).append(o)
     raise AssertionError("scheduler did not drain")
-
-
-def assert_no_leak(s: Scheduler) -> None:
-    """Everything not held by the prefix cache is free; evicting the cache frees all pages."""
-    cm = s.cache
-    assert cm.outstanding == 0
-    assert cm.cache.protected_size == 0
-    assert cm.pool.num_free + cm.cache.evictable_size // cm.page_size == cm.pool.num_total
-    freed = cm.cache.evict(cm.pool.num_total * cm.page_size)
-    if freed.numel():
-        cm.pool.free_slots(freed)
-    assert cm.pool.num_free == cm.pool.num_total
 
 
 def prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:

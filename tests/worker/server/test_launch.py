@@ -15,34 +15,20 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.worker.server.conftest import START_TIMEOUT_S, free_port, server_env
+
 pytestmark = pytest.mark.slow  # real server processes: tens of seconds each
 
-REPO = Path(__file__).resolve().parents[3]
-START_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "worker"), env.get("PYTHONPATH", "")) if p)
-    env.pop("MINISGL_API_KEY", None)
-    return env
 
 
 class Proc:
     def __init__(self, log: Path, *args: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "-m", "minisgl", "--device", "cpu", "--port", str(self.port), *args]
         self.popen = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                      env=_env())
+                                      env=server_env())
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -129,7 +115,7 @@ def model(tiny_llama) -> str:
 def test_bad_model_path_fails_before_any_process_starts(tmp_path):
     start = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "minisgl", "--model-path", str(tmp_path / "nope")],
-                       capture_output=True, text=True, env=_env(), timeout=60)
+                       capture_output=True, text=True, env=server_env(), timeout=60)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "--model-path" in lines[0] and "nope" in lines[0]

@@ -58,17 +58,19 @@ class FlashInferBackend(AttentionBackend):
             raise ValueError("FlashInfer backends need --device cuda")
         self.flashinfer = flashinfer
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        self.prefill_backend = prefill_backend
         self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
             self.workspace, "NHD", backend=prefill_backend)
         self.decode_with_prefill_kernel = decode_with_prefill_kernel
         self.decode = None if decode_with_prefill_kernel else self._decode_wrapper()
         self.active = None  # wrapper planned for the current step
         self.device = device
+        self._graph_indices: torch.Tensor | None = None
 
-    def _decode_wrapper(self, **graph_buffers):
+    def _decode_wrapper(self, **graph_options):
         gqa = self.num_heads // self.num_kv_heads
         return self.flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            self.workspace, "NHD", use_tensor_cores=gqa >= 4, **graph_buffers)
+            self.workspace, "NHD", use_tensor_cores=gqa >= 4, **graph_options)
 
     def _plan(self, wrapper, table: PageTable, decode: bool) -> None:
         dtype = self.kv.k.dtype
@@ -97,7 +99,7 @@ class FlashInferBackend(AttentionBackend):
     # ---- CUDA graph support (decode only) ------------------------------------------------
     def graph_wrapper(self, bs: int, max_pages: int):
         """A decode wrapper with fixed buffers for batch size bs, for capture and replay."""
-        if getattr(self, "_graph_indices", None) is None or self._graph_indices.numel() < max_pages:
+        if self._graph_indices is None or self._graph_indices.numel() < max_pages:
             # One page-index buffer shared by every captured size (only one replays at a time).
             self._graph_indices = torch.zeros(max_pages, dtype=torch.int32, device=self.device)
         buffers = dict(
@@ -112,10 +114,8 @@ class FlashInferBackend(AttentionBackend):
                 paged_kv_indptr_buf=buffers["paged_kv_indptr_buffer"],
                 paged_kv_indices_buf=buffers["paged_kv_indices_buffer"],
                 paged_kv_last_page_len_buf=buffers["paged_kv_last_page_len_buffer"],
-                backend=self.prefill._backend if hasattr(self.prefill, "_backend") else "auto")
-        gqa = self.num_heads // self.num_kv_heads
-        return self.flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            self.workspace, "NHD", use_cuda_graph=True, use_tensor_cores=gqa >= 4, **buffers)
+                backend=self.prefill_backend)
+        return self._decode_wrapper(use_cuda_graph=True, **buffers)
 
     def use_graph_wrapper(self, wrapper, batch) -> None:
         self._plan(wrapper, build_page_table(batch, self.page_size, self.device), decode=True)

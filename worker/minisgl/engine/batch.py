@@ -37,10 +37,6 @@ class Batch:
     def seq_lens(self) -> list[int]:
         return [p + e for p, e in zip(self.prefix_lens, self.extend_lens)]
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
-
     def last_token_index(self) -> list[int]:
         """Index into the token dim of each row's last new token."""
         out, acc = [], 0
@@ -59,9 +55,7 @@ class Batch:
         if all(e == 1 for e in extend):  # decode: one token per row, no per-row tensor ops
             ids = torch.tensor([c[0] for c in token_chunks], dtype=torch.int64)
             pos = torch.tensor(prefix_lens, dtype=torch.int64)
-            out_slots = torch.tensor([int(s[p]) for s, p in zip(slot_lists, prefix_lens)],
-                                     dtype=torch.int64) if len(rows) < 8 else \
-                torch.stack([s[p] for s, p in zip(slot_lists, prefix_lens)])
+            out_slots = torch.stack([s[p] for s, p in zip(slot_lists, prefix_lens)])
         else:
             ids = torch.tensor([t for c in token_chunks for t in c], dtype=torch.int64)
             pos = torch.tensor([i for p, e in zip(prefix_lens, extend) for i in range(p, p + e)],

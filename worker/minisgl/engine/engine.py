@@ -16,7 +16,7 @@ from minisgl.distributed import init_tp_group
 from minisgl.engine.batch import Batch
 from minisgl.engine.sampler import Sampler
 from minisgl.kvcache.storage import KVStorage
-from minisgl.models import create_model, resolve_model_path
+from minisgl.models import BUILTIN_MODELS, create_model, resolve_model_path
 from minisgl.models.config import ModelConfig
 from minisgl.models.loader import init_dummy_weights, load_weights
 
@@ -37,10 +37,10 @@ class ForwardOutput(NamedTuple):
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.device = torch.device(config.device, 0) if config.device == "cuda" else torch.device("cpu")
+        self.device = torch.device("cpu")
         if config.device == "cuda":
-            torch.cuda.set_device(config.tp_rank)
             self.device = torch.device("cuda", config.tp_rank)
+            torch.cuda.set_device(self.device)
         self.tp = init_tp_group(config.tp_rank, config.tp_size, config.dist_init_method, config.device)
         torch.manual_seed(config.seed)  # identical on every rank: unseeded sampling agrees under TP
         self.model_dir = resolve_model_path(config.model_path, weights=not config.dummy_weight)
@@ -80,9 +80,7 @@ class Engine:
                 model = create_model(self.model_config, self.tp)
         finally:
             torch.set_default_dtype(torch.float32)
-        model.rotary.cos = model.rotary.cos.float()  # rope tables stay float32
-        model.rotary.sin = model.rotary.sin.float()
-        builtin = self.model_dir.parent.name == "models" and self.model_dir.name == "demo"
+        builtin = self.model_dir in BUILTIN_MODELS.values()  # shipped without weights
         if self.config.dummy_weight or (builtin and not any(self.model_dir.glob("*.safetensors"))):
             init_dummy_weights(model, self.device, seed=self.config.seed)
         else:

@@ -56,7 +56,7 @@ class Attention(nn.Module):
         k = k.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
         out = attn.forward(q, k, v, self.layer_id, batch)  # [T, H, D]
         return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))

@@ -57,14 +57,11 @@ class CacheManager:
 
     def try_admit(self, req: Req) -> bool:
         """Match the cached prefix and reserve the rest; False if memory is short."""
-        if req.params.prompt_logprobs and not req.output_ids:
-            lookup = []  # prompt logprobs need every position computed
-        elif not self.shares:
-            lookup = []
+        if not self.shares or (req.params.prompt_logprobs and not req.output_ids):
+            lookup = []  # nothing shared, or prompt logprobs need every position computed
         else:
-            lookup = req.all_ids()[: req.fill_target]
-            if not req.output_ids:
-                lookup = lookup[:-1]  # leave at least one prompt token to compute
+            # A fresh request leaves at least one prompt token to compute.
+            lookup = req.tokens(0, req.fill_target - (0 if req.output_ids else 1))
         match = self.cache.match(lookup)
         self.cache.lock(match.handle)
         matched = int(match.slots.shape[0])
@@ -134,12 +131,11 @@ class CacheManager:
         """Request finished or aborted: keep its KV as a cached prefix, free the rest."""
         if not req.admitted:
             return
-        ids = req.all_ids()[: req.kv_len]
-        aligned = self._store(req, ids) if self.shares else 0
-        if not self.shares and req.matched_len < req.slots.shape[0]:
-            self.pool.free_slots(req.slots[req.matched_len :])
-        elif req.slots.shape[0] > max(aligned, req.matched_len):
-            self.pool.free_slots(req.slots[max(aligned, req.matched_len) :])
+        # Leading slots that stay with the prefix cache; every slot after them is freed.
+        kept = self._store(req, req.tokens(0, req.kv_len)) if self.shares else 0
+        kept = max(kept, req.matched_len)
+        if req.slots.shape[0] > kept:
+            self.pool.free_slots(req.slots[kept:])
         self.cache.unlock(req.handle)
         self.outstanding -= req.reserved_pages
         req.reserved_pages = 0

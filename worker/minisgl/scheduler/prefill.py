@@ -28,9 +28,10 @@ class PrefillManager:
         """A preempted request goes back to the head of the queue."""
         self.waiting.appendleft(req)
 
-    def remove(self, uid: int) -> list[Req]:
-        gone = [r for r in self.waiting if r.uid == uid]
-        self.waiting = deque(r for r in self.waiting if r.uid != uid)
+    def remove(self, uid: int, index: int | None = None) -> list[Req]:
+        """Take uid's waiting choices (only choice `index` when given) out of the queue."""
+        gone = [r for r in self.waiting if r.uid == uid and index in (None, r.index)]
+        self.waiting = deque(r for r in self.waiting if r not in gone)
         return gone
 
     def schedule(self, running: list[Req]) -> PrefillPlan | None:

@@ -55,3 +55,7 @@ class Req:
 
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """all_ids()[start:end] without copying the prompt when there is no output yet."""
+        return (self.all_ids() if self.output_ids else self.prompt_ids)[start:end]

@@ -71,15 +71,10 @@ class Scheduler:
 
     def abort(self, uid: int, index: int | None = None) -> None:
         """Abort every choice of uid, or only choice `index` (n > 1 stop strings)."""
-        if index is None:
-            reqs = self.prefill.remove(uid) + [r for r in self.running if r.uid == uid]
-        else:
-            reqs = [r for r in list(self.prefill.waiting) + self.running
-                    if r.uid == uid and r.index == index and not r.finished]
-            self.prefill.waiting = type(self.prefill.waiting)(
-                r for r in self.prefill.waiting if r not in reqs)
+        reqs = self.prefill.remove(uid, index) + [
+            r for r in self.running if r.uid == uid and index in (None, r.index)]
         for req in reqs:
-            self._finish(req, "abort")
+            self._pending.append(self._finish(req, "abort"))
         self.running = [r for r in self.running if not r.finished]
 
     # ---- one step ----------------------------------------------------------------------
@@ -115,8 +110,7 @@ class Scheduler:
                        if r.params.prompt_logprobs and not r.output_ids]
             return Batch.build(
                 "prefill", plan.reqs,
-                [r.all_ids()[r.kv_len : r.kv_len + n] if r.output_ids else
-                 r.prompt_ids[r.kv_len : r.kv_len + n] for r, n in zip(plan.reqs, plan.chunks)],
+                [r.tokens(r.kv_len, r.kv_len + n) for r, n in zip(plan.reqs, plan.chunks)],
                 [r.kv_len for r in plan.reqs], [r.slots for r in plan.reqs], sample,
                 self.engine.device, lp_rows,
             )
@@ -166,7 +160,7 @@ class Scheduler:
                 self.cache.cache_prompt(req)
             if b not in sampled:
                 if req.prefill_done and req.params.max_tokens == 0:
-                    outputs.append(self._finish(req, "length", emit=False))
+                    outputs.append(self._finish(req, "length"))
                 continue
             k = sampled[b]
             out = self._output(req, result.token_ids[k])
@@ -176,7 +170,7 @@ class Scheduler:
                 out.top_logprobs = result.top_logprobs[k][: req.params.logprobs]
             reason = self._stop_reason(req)
             if reason:
-                self._finish(req, reason, emit=False)
+                self._release(req, reason)
                 out.finished, out.finish_reason = True, reason
             outputs.append(out)
         return outputs
@@ -204,17 +198,19 @@ class Scheduler:
             return "length"
         return None
 
-    def _finish(self, req: Req, reason: str, emit: bool = True) -> TokenOutput:
+    def _finish(self, req: Req, reason: str) -> TokenOutput:
+        """End req without a new token; the returned output tells the client."""
         out = self._output(req, None)
         out.finished, out.finish_reason = True, reason
+        self._release(req, reason)
+        return out
+
+    def _release(self, req: Req, reason: str) -> None:
         req.finished, req.finish_reason = True, reason
         self.cache.release(req)
-        if emit:
-            self._pending.append(out)
         if not any(r.uid == req.uid and not r.finished
                    for r in list(self.prefill.waiting) + self.running):
             self._live_uids.discard(req.uid)
-        return out
 
     # ---- reporting ---------------------------------------------------------------------
     def stats(self) -> SchedulerStats:
