@@ -26,21 +26,53 @@ def _prompts(n: int, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(3, 400) for _ in range(rng.randint(1, 300))] for _ in range(n)]
 
 
+def _prompt_logprobs(model: str, prompts: list[list[int]], dtype: str, **kwargs) -> list[torch.Tensor]:
+    """Per-prompt logprobs of tokens 1.. (float64, on the host) from one LLM."""
+    p = SamplingParams(max_tokens=0, prompt_logprobs=True)
+    outs = LLM(model, device="cuda", dtype=dtype, num_pages=4096, **kwargs).generate(prompts, p)
+    return [torch.tensor(o.prompt_logprobs[1:], dtype=torch.float64) for o in outs]
+
+
+def _errors(got: list[torch.Tensor], ref: list[torch.Tensor]) -> tuple[float, float, list[float]]:
+    """(mean, max, per-prompt means) of |got - ref| over all prompt tokens."""
+    diffs = [(g - r).abs() for g, r in zip(got, ref)]
+    flat = torch.cat(diffs)
+    return flat.mean().item(), flat.max().item(), [d.mean().item() if len(d) else 0.0 for d in diffs]
+
+
+@pytest.fixture(scope="module")
+def logprob_reference(gpu_model):
+    """The float32 torch-backend logprobs (the reference) and bf16's own error against them:
+    the torch backend in bfloat16, same weights, so the tolerance is what bf16 costs here."""
+    prompts = _prompts(6)
+    ref = _prompt_logprobs(gpu_model, prompts, "float32", attention_backend="torch")
+    bf16 = _prompt_logprobs(gpu_model, prompts, "bfloat16", attention_backend="torch")
+    return prompts, ref, _errors(bf16, ref)
+
+
 @pytest.mark.parametrize("backend", ["fi", "fa3", "fa3,fi"])
 @pytest.mark.parametrize("page_size", [1, 16])
-def test_prompt_logprobs_match_torch_backend(gpu_model, backend, page_size):
+def test_prompt_logprobs_match_float32_reference(gpu_model, logprob_reference, backend, page_size):
+    """Each bf16 backend is as close to float32 as bf16 itself allows (comparing two bf16 runs
+    would measure two roundings, not a bug). A real bug (mask, page table, chunk offsets)
+    moves logprobs by far more than bf16 does, on average and in some prompt."""
     if backend.startswith("fa3") and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("fa3 needs Hopper")
-    prompts = _prompts(6)
-    p = SamplingParams(max_tokens=0, prompt_logprobs=True)
-    ref = LLM(gpu_model, device="cuda", dtype="bfloat16", num_pages=4096, page_size=page_size,
-              attention_backend="torch").generate(prompts, p)
-    got = LLM(gpu_model, device="cuda", dtype="bfloat16", num_pages=4096, page_size=page_size,
-              attention_backend=backend, max_prefill_length=128).generate(prompts, p)
-    for a, b in zip(ref, got):
-        diff = (torch.tensor(b.prompt_logprobs[1:]) - torch.tensor(a.prompt_logprobs[1:])).abs()
-        # bf16 rounding in two attention kernels: close on average, bounded everywhere.
-        assert diff.mean() < 0.05 and diff.max() < 1.0, (diff.mean(), diff.max())
+    prompts, ref, (base_mean, base_max, base_per_prompt) = logprob_reference
+    # bf16 of a sane engine: the tiny random model's logits are large (mean logprob ~ -50),
+    # so bf16 rounding alone moves logprobs by ~0.1-0.3 on average; a torch-backend
+    # bf16 error far past that means the reference itself is broken.
+    assert base_mean < 1.0, f"torch bf16 vs float32: mean |dlogprob| {base_mean:.3f}"
+    got = _prompt_logprobs(gpu_model, prompts, "bfloat16", page_size=page_size,
+                           attention_backend=backend, max_prefill_length=128)
+    mean, peak, per_prompt = _errors(got, ref)
+    detail = (f"{backend} page {page_size}: mean {mean:.4f} max {peak:.3f} per prompt "
+              f"{[round(x, 4) for x in per_prompt]}; torch bf16: mean {base_mean:.4f} max {base_max:.3f} "
+              f"per prompt {[round(x, 4) for x in base_per_prompt]}")
+    assert mean <= 2.0 * base_mean + 0.02, detail
+    # a short prompt's mean is noisy: never hold it tighter than the overall bf16 error
+    assert all(x <= 2.5 * max(b, base_mean) + 0.05 for x, b in zip(per_prompt, base_per_prompt)), detail
+    assert peak <= 2.0 * base_max + 0.5, detail
 
 
 @pytest.mark.parametrize("backend", ["fi", "fa3,fi"])
