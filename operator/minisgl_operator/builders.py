@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Mapping, NamedTuple
 
 from minisgl_operator import GROUP, KIND, VERSION
+from minisgl_operator.download import build_download_job
 from minisgl_operator.pod import build_pod_template, common_labels, selector_labels
 from minisgl_operator.rollout import RolloutPlan
 from minisgl_operator.spec import WorkerSpec
@@ -46,7 +47,7 @@ def endpoint_url(owner: Owner, spec: WorkerSpec) -> str:
     return f"http://{owner.name}.{owner.namespace}.svc:{spec.service_port}/v1"
 
 
-def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan) -> dict:
+def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan, offline: bool = False) -> dict:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -57,7 +58,7 @@ def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan) -> dict:
             "strategy": plan.strategy,
             "progressDeadlineSeconds": spec.progress_deadline_seconds,
             "revisionHistoryLimit": 5,
-            "template": build_pod_template(owner.name, spec),
+            "template": build_pod_template(owner.name, spec, offline),
         },
     }
 
@@ -114,11 +115,15 @@ def build_hpa(owner: Owner, spec: WorkerSpec) -> dict:
     }
 
 
-def build_service_monitor(owner: Owner, spec: WorkerSpec) -> dict:
+def build_service_monitor(owner: Owner, spec: WorkerSpec, labels: Mapping[str, str] | None = None) -> dict:
+    """`labels`: the operator's configured ones (a kube-prometheus-stack selects `release: <name>`),
+    under the spec's monitoring.labels; the selector labels always win."""
+    metadata = _metadata(owner)
+    metadata["labels"] = {**(labels or {}), **spec.monitor_labels, **metadata["labels"]}
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": _metadata(owner),
+        "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector_labels(owner.name)},
             "endpoints": [{"port": "http", "path": "/metrics", "interval": spec.monitor_interval}],
@@ -126,17 +131,27 @@ def build_service_monitor(owner: Owner, spec: WorkerSpec) -> dict:
     }
 
 
+def build_job(owner: Owner, spec: WorkerSpec) -> dict:
+    return build_download_job(owner.name, spec, _metadata(owner))
+
+
 def desired_objects(
-    owner: Owner, spec: WorkerSpec, plan: RolloutPlan, service_monitor_available: bool
+    owner: Owner, spec: WorkerSpec, plan: RolloutPlan, service_monitor_available: bool,
+    monitor_labels: Mapping[str, str] | None = None, downloaded: bool = True,
 ) -> list[dict]:
-    """Every object this MiniSGLDeployment should own right now, in apply order."""
-    objects = [build_service(owner, spec), build_deployment(owner, spec, plan)]
+    """Every object this MiniSGLDeployment should own right now, in apply order. While the
+    download Job has not finished (`downloaded` False), no Deployment: no pod starts early."""
+    objects = [build_service(owner, spec)]
+    if spec.download_job:
+        objects.append(build_job(owner, spec))
+    if downloaded:
+        objects.append(build_deployment(owner, spec, plan, offline=spec.download_job))
     if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         objects.append(build_pdb(owner, spec))
     if spec.autoscaling is not None:
         objects.append(build_hpa(owner, spec))
     if spec.service_monitor and service_monitor_available:
-        objects.append(build_service_monitor(owner, spec))
+        objects.append(build_service_monitor(owner, spec, monitor_labels))
     return objects
 
 

@@ -1,70 +1,46 @@
-"""kopf wiring: one reconcile for create/update/resume plus a resync timer.
+"""kopf wiring: kopf's watchers (list + watch, server-side label selectors) feed the Store and
+the Controller's work queue; the Controller's threads reconcile.
 
-Handlers are registered into an explicit registry by `register`, so the resync interval and
-everything else come from the command line, not from import-time globals.
+No change-detecting kopf handlers (on.create/update/resume, timers) are used: they store their
+progress in the object (one PATCH per event) and can run a timer concurrently with an update on
+a stale body. Handlers are registered into an explicit registry by `register`, so settings come
+from the command line, not from import-time globals.
 """
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any, Mapping
+from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
 
-from minisgl_operator import GROUP, PLURAL, VERSION
-from minisgl_operator.builders import Owner
+from minisgl_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from minisgl_operator.controller import Controller
 from minisgl_operator.kube import Kube, load_api_client
-from minisgl_operator.reconcile import Reconciler, utc_now
 from minisgl_operator.metrics import OperatorMetrics
+from minisgl_operator.reconcile import Options, Reconciler
 from minisgl_operator.settings import OperatorConfig
-from minisgl_operator.spec import parse_spec
-from minisgl_operator.status import StatusUpdate, failed_status
+from minisgl_operator.store import Store
 
 logger = logging.getLogger(__name__)
 
-RETRY_DELAY_SECONDS = 10
-# Rejections of a well-formed request that retrying cannot fix (invalid object, immutable field).
-PERMANENT_HTTP = (400, 422)
+MANAGED = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+# (kopf resource selector, Store kind) of every child the operator watches, all label-selected.
+CHILDREN = (
+    (("apps", "v1", "deployments"), "Deployment"),
+    (("v1", "services"), "Service"),
+    (("v1", "pods"), "Pod"),
+    (("policy", "v1", "poddisruptionbudgets"), "PodDisruptionBudget"),
+    (("autoscaling", "v2", "horizontalpodautoscalers"), "HorizontalPodAutoscaler"),
+    (("monitoring.coreos.com", "v1", "servicemonitors"), "ServiceMonitor"),
+    (("batch", "v1", "jobs"), "Job"),
+)
+POD_WARNINGS = "type=Warning,involvedObject.kind=Pod"
 
 
-def _api_message(e: ApiException) -> str:
-    """The API server's own sentence (Status.message), not the whole response."""
-    try:
-        return json.loads(e.body)["message"]
-    except (TypeError, ValueError, KeyError):
-        return str(e.body or e.reason)
-
-
-def _publish(body: Mapping, patch: kopf.Patch, current: Mapping, update: StatusUpdate) -> None:
-    """Patch the status only where it changed, and post an Event per transition."""
-    for key, value in update.status.items():
-        if current.get(key) != value:
-            patch.status[key] = value
-    for event in update.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-
-
-def reconcile_resource(body: Mapping, patch: kopf.Patch, reconciler: Reconciler) -> None:
-    meta = body["metadata"]
-    status = dict(body.get("status") or {})
-    generation = int(meta.get("generation") or 0)
-    try:
-        spec = parse_spec(body.get("spec") or {})
-    except ValueError as e:
-        _publish(body, patch, status, failed_status(generation, "InvalidSpec", str(e), status, utc_now()))
-        raise kopf.PermanentError(f"invalid spec: {e}") from e
-    owner = Owner(meta["name"], meta["namespace"], meta["uid"])
-    try:
-        plan = reconciler.apply(owner, spec)
-        update = reconciler.observe(owner, spec, generation, plan, status)
-    except ApiException as e:
-        if e.status in PERMANENT_HTTP:
-            message = f"the API server rejected a generated object: {_api_message(e)}"
-            _publish(body, patch, status, failed_status(generation, "ApplyRejected", message, status, utc_now()))
-            raise kopf.PermanentError(message) from e
-        raise kopf.TemporaryError(f"API error {e.status} {e.reason}; retrying", delay=RETRY_DELAY_SECONDS) from e
-    _publish(body, patch, status, update)
+def _established(body: kopf.Body) -> bool:
+    return any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in (body.get("status") or {}).get("conditions") or [])
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -78,32 +54,44 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        # Keep kopf's bookkeeping in annotations: the CRD's status schema is strict.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration")
-        settings.persistence.finalizer = f"{GROUP}/operator"
         settings.posting.level = logging.WARNING  # our own transition events are the story
-        settings.watching.server_timeout = 300
-        memo.reconciler = Reconciler(Kube(load_api_client()))
+        settings.watching.server_timeout = 600
+        settings.watching.client_timeout = 660
+        for selector, _kind in CHILDREN:
+            settings.watching.label_selectors[selector] = MANAGED
+        settings.watching.field_selectors["v1", "events"] = POD_WARNINGS
+        kube = Kube(load_api_client())
+        memo.store = Store()
         memo.metrics = OperatorMetrics()
+        reconciler = Reconciler(kube, memo.store, Options(monitor_labels=dict(config.service_monitor_labels)))
+        memo.controller = Controller(kube, reconciler, memo.store, memo.metrics,
+                                     resync_seconds=config.resync_seconds, workers=config.workers,
+                                     default_image=config.worker_image)
+        memo.controller.start()
         if config.metrics_port:
             memo.metrics.serve(config.metrics_port)
         scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
         logger.info("minisgl operator watching %s, resync every %ss", scope, config.resync_seconds)
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        with memo.metrics.reconciling():
-            reconcile_resource(body, patch, memo.reconciler)
+    @kopf.on.cleanup(registry=registry)
+    def stop(memo: kopf.Memo, **_: Any) -> None:
+        memo.controller.stop()
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=config.resync_seconds,
-                initial_delay=config.resync_seconds, registry=registry)
-    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        try:
-            with memo.metrics.reconciling():
-                reconcile_resource(body, patch, memo.reconciler)
-        except kopf.PermanentError:
-            pass  # already reported in the status; the next spec change reconciles again
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def resource(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:  # noqa: A002
+        memo.controller.on_resource(type, body)
+
+    for selector, kind in CHILDREN:
+        def child(type: str | None, body: kopf.Body, memo: kopf.Memo, _kind: str = kind, **_: Any) -> None:  # noqa: A002
+            memo.controller.on_child(_kind, type, body)
+        kopf.on.event(*selector, id=f"cache-{kind}", registry=registry)(child)
+
+    @kopf.on.event("v1", "events", id="pod-warnings", registry=registry)
+    def pod_warning(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:  # noqa: A002
+        if type != "DELETED":
+            memo.controller.on_pod_event(body)
+
+    @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", registry=registry,
+                   when=lambda name, **_: name == SERVICE_MONITOR_CRD)
+    def service_monitor_crd(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:  # noqa: A002
+        memo.controller.set_service_monitor_api(type != "DELETED" and _established(body))

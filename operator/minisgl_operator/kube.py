@@ -25,6 +25,9 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ServiceMonitor": "servicemonitors",
+    "Job": "jobs",
+    "ResourceQuota": "resourcequotas",
+    "Namespace": "namespaces",
     "MiniSGLDeployment": "minisgldeployments",
 }
 

@@ -10,6 +10,32 @@ from minisgl_operator.spec import WorkerSpec
 PRESTOP_SLEEP_SECONDS = 10  # endpoints drop the pod before SIGTERM reaches the worker
 GRACE_MARGIN_SECONDS = 30
 STARTUP_PERIOD_SECONDS = 10
+WORKER_UID = 10001  # the user Dockerfile.worker creates; fsGroup makes fresh volumes writable to it
+SCRATCH_PATH = "/tmp"  # the root filesystem is read-only: ipc sockets and JIT caches go here
+
+# Pod Security "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+# non-root, no privilege escalation, no capabilities, the runtime's default seccomp profile.
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "runAsGroup": WORKER_UID,
+    "fsGroup": WORKER_UID,
+    # Only chown a volume whose root is not already ours: a 16 GB cache is not walked at each start.
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+# The preStop `sleep` action needs Kubernetes 1.30; an exec of the image's own Python works on
+# every version the docs support (1.28+).
+PRESTOP = {"exec": {"command": ["python", "-c", f"import time; time.sleep({PRESTOP_SLEEP_SECONDS})"]}}
+
+
+DEFAULT_CACHE_PATH = "/models"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -51,10 +77,36 @@ def worker_args(spec: WorkerSpec) -> list[str]:
     return args + list(spec.extra_args)
 
 
-def _env(spec: WorkerSpec) -> list[dict]:
-    env: list[dict] = []
-    if spec.cache is not None:
-        env.append({"name": "HF_HOME", "value": spec.cache.mount_path})
+def cache_env(spec: WorkerSpec) -> list[dict]:
+    """Where the weights and every JIT cache go: HF_HOME on the cache volume (a PVC or an
+    emptyDir), compiled kernels beside them when that volume is writable, else in scratch."""
+    home = spec.cache.mount_path if spec.cache is not None else DEFAULT_CACHE_PATH
+    writable = spec.cache is None or not spec.cache.read_only
+    jit = f"{home}/.flashinfer" if writable else f"{SCRATCH_PATH}/flashinfer"
+    return [
+        {"name": "HF_HOME", "value": home},
+        {"name": "FLASHINFER_WORKSPACE_BASE", "value": jit},
+        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_PATH}/cache"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{SCRATCH_PATH}/triton"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{SCRATCH_PATH}/inductor"},
+    ]
+
+
+def cache_volume(spec: WorkerSpec) -> tuple[dict, dict]:
+    """(volume, mount) of the model cache: the spec's PVC, else an emptyDir (the image's
+    /models VOLUME is not writable under a read-only root filesystem)."""
+    if spec.cache is None:
+        return ({"name": "model-cache", "emptyDir": {}},
+                {"name": "model-cache", "mountPath": DEFAULT_CACHE_PATH})
+    return ({"name": "model-cache", "persistentVolumeClaim": {
+                "claimName": spec.cache.pvc_name, "readOnly": spec.cache.read_only}},
+            {"name": "model-cache", "mountPath": spec.cache.mount_path, "readOnly": spec.cache.read_only})
+
+
+def _env(spec: WorkerSpec, offline: bool) -> list[dict]:
+    env = cache_env(spec)
+    if offline:  # a download Job filled the cache: never fetch again from the pods
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if spec.token_secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": spec.token_secret.name, "key": spec.token_secret.key}}})
@@ -98,28 +150,29 @@ def termination_grace_seconds(spec: WorkerSpec) -> int:
     return PRESTOP_SLEEP_SECONDS + spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS
 
 
-def build_pod_template(name: str, spec: WorkerSpec) -> dict:
-    """The Deployment's pod template, with spec.podTemplate merged over it last."""
-    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    volumes: list[dict] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shared_memory}}]
-    if spec.cache is not None:
-        mounts.append({"name": "model-cache", "mountPath": spec.cache.mount_path, "readOnly": spec.cache.read_only})
-        volumes.append({"name": "model-cache", "persistentVolumeClaim": {
-            "claimName": spec.cache.pvc_name, "readOnly": spec.cache.read_only}})
+def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False) -> dict:
+    """The Deployment's pod template, with spec.podTemplate merged over it last. `offline`:
+    the model is already in the cache (a download Job filled it)."""
+    cache, cache_mount = cache_volume(spec)
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "scratch", "mountPath": SCRATCH_PATH}, cache_mount]
+    volumes: list[dict] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shared_memory}},
+        {"name": "scratch", "emptyDir": {}},
+        cache,
+    ]
     container = {
         "name": CONTAINER_NAME,
         "image": spec.image,
         "command": ["python", "-m", "minisgl"],
         "args": worker_args(spec),
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        "env": _env(spec),
+        "env": _env(spec, offline),
         "resources": _resources(spec),
         "volumeMounts": mounts,
         **_probes(spec),
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "lifecycle": {"preStop": PRESTOP},
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
     }
-    if not container["env"]:
-        del container["env"]
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     pod_spec: dict = {
@@ -127,6 +180,8 @@ def build_pod_template(name: str, spec: WorkerSpec) -> dict:
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         "enableServiceLinks": False,
+        "automountServiceAccountToken": False,  # the worker never calls the Kubernetes API
+        "securityContext": dict(POD_SECURITY_CONTEXT),
     }
     optional = {
         "nodeSelector": spec.node_selector or None,
@@ -137,17 +192,14 @@ def build_pod_template(name: str, spec: WorkerSpec) -> dict:
         "imagePullSecrets": [{"name": s} for s in spec.image_pull_secrets] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
-    template = {
-        "metadata": {
-            "labels": common_labels(name),
-            "annotations": {
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(CONTAINER_PORT),
-                "prometheus.io/path": "/metrics",
-            },
-        },
-        "spec": pod_spec,
-    }
+    template: dict = {"metadata": {"labels": common_labels(name)}, "spec": pod_spec}
+    if not spec.service_monitor:
+        # One scrape path only: a ServiceMonitor, or annotations for an annotation-based Prometheus.
+        template["metadata"]["annotations"] = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(CONTAINER_PORT),
+            "prometheus.io/path": "/metrics",
+        }
     if spec.pod_template:
         template = deep_merge(template, spec.pod_template)
         # The selector must keep matching whatever the user merged in.

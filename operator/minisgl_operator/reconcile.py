@@ -1,22 +1,30 @@
-"""The reconcile loop body: apply the desired objects, prune stale ones, observe status.
+"""The reconcile body: desired objects from the spec, applied only where the cache says they
+differ, never over an object we do not own; status from the cache.
 
-Level-based and idempotent: it reads the cluster, never remembers anything between calls,
-so create, update, resume (after an operator restart) and the resync timer all call it alike.
+Level-based and idempotent: everything it needs is read from the watch-fed Store, so a
+reconcile with nothing changed makes no API call at all. The only reads that go to the API
+server are: one GET before creating an object (is a stranger's object in the way?) and the
+node/pod listing of the GPU capacity planner, only while a rollout is pending.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Mapping
 
 from kubernetes.client.rest import ApiException
 
-from minisgl_operator.builders import Owner, desired_objects, endpoint_url, stale_kinds
+from minisgl_operator.builders import Owner, build_job, desired_objects, endpoint_url, stale_kinds
+from minisgl_operator.download import DownloadState, download_state
 from minisgl_operator.kube import Kube, object_path
+from minisgl_operator.ownership import (TEMPLATE_HASH_ANNOTATION, ObjectInTheWay, applied_hash, describe_owner,
+                                        digest, owned_by, stamp)
 from minisgl_operator.pod import selector_labels
-from minisgl_operator.rollout import IN_PLACE, RolloutPlan, free_gpus_per_node, plan_rollout
+from minisgl_operator.rollout import IN_PLACE, RolloutPlan, SURGE, free_gpus_per_node, plan_rollout
 from minisgl_operator.spec import WorkerSpec
 from minisgl_operator.status import StatusUpdate, compute_status
+from minisgl_operator.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -29,67 +37,116 @@ def selector_string(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
 
 
-def _owned_by(obj: Mapping, uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+@dataclass
+class Options:
+    monitor_labels: dict = field(default_factory=dict)  # put on every ServiceMonitor
+    service_monitor_api: bool = False  # monitoring.coreos.com/v1 servicemonitors is served
+
+
+def _settled(deployment: Mapping) -> bool:
+    st = deployment.get("status") or {}
+    want = (deployment.get("spec") or {}).get("replicas", 1)
+    return ((st.get("observedGeneration") or 0) >= (deployment["metadata"].get("generation") or 0)
+            and (st.get("updatedReplicas") or 0) >= want and (st.get("readyReplicas") or 0) >= want
+            and (st.get("replicas") or 0) == want)
 
 
 class Reconciler:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, store: Store, options: Options | None = None) -> None:
         self.kube = kube
+        self.store = store
+        self.options = options or Options()
 
-    def rollout_plan(self, spec: WorkerSpec, owner: Owner | None = None) -> RolloutPlan:
+    # -- the GPU-aware rollout: only consulted while a rollout is pending ------------------------
+    def rollout_plan(self, owner: Owner, spec: WorkerSpec, current: Mapping | None, template_hash: str) -> RolloutPlan:
         if spec.rollout_strategy != "Auto" or spec.gpus_per_pod == 0:
             return plan_rollout(spec, {})
-        if owner is not None and self._has_unschedulable_pod(owner):
+        if current is not None and (current["metadata"].get("annotations") or {}).get(
+                TEMPLATE_HASH_ANNOTATION) == template_hash and _settled(current):
+            # Nothing to roll out: keep what is there, without reading the cluster's capacity.
+            strategy = (current.get("spec") or {}).get("strategy") or IN_PLACE
+            surge = (strategy.get("rollingUpdate") or {}).get("maxSurge") == SURGE["rollingUpdate"]["maxSurge"]
+            return RolloutPlan(strategy, "Auto: surge 1 (a node has free GPUs for one more pod)" if surge
+                               else f"Auto: in place (no node has {spec.gpus_per_pod} free GPUs for a surge pod)")
+        if any(c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+               for p in self.store.belonging_to("Pod", owner.namespace, owner.name)
+               for c in (p.get("status") or {}).get("conditions") or ()):
             # The capacity count missed something (taints, affinity, CPU/memory): a surge pod
             # that cannot schedule would block the rollout until its deadline. Replace in place.
             return RolloutPlan(IN_PLACE, "Auto: in place (a pod of this deployment is unschedulable)")
         try:
             nodes = self.kube.list(object_path("v1", "Node", None))
-            pods = self.kube.list(
-                object_path("v1", "Pod", None),
-                field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
-            )
+            pods = self.kube.list(object_path("v1", "Pod", None),
+                                  field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed")
         except ApiException as e:
             if e.status != 403:
                 raise
-            # Without permission to read nodes, in place is the choice that cannot deadlock.
             logger.warning("cannot list nodes/pods (%s); rolling out in place", e.reason)
             return RolloutPlan(IN_PLACE, "Auto: in place (no permission to read node capacity)")
         return plan_rollout(spec, free_gpus_per_node(nodes, pods, spec.node_selector))
 
-    def _has_unschedulable_pod(self, owner: Owner) -> bool:
-        selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner.name).items())
-        pods = self.kube.list(object_path("v1", "Pod", owner.namespace), label_selector=selector)
-        return any(
-            c.get("type") == "PodScheduled" and c.get("status") == "False"
-            and c.get("reason") == "Unschedulable"
-            for p in pods for c in (p.get("status") or {}).get("conditions") or ())
+    # -- apply --------------------------------------------------------------------------------------
+    def ensure(self, owner: Owner, obj: dict) -> None:
+        """Apply `obj` unless the cached copy already carries its hash; refuse a stranger's object."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        obj = stamp(obj)
+        current = self.store.get(kind, owner.namespace, name)
+        if current is None:
+            # Not in the cache: absent, or someone else's (the watches see only labelled objects).
+            current = self.kube.get(object_path(obj["apiVersion"], kind, owner.namespace, name))
+        if current is not None and not owned_by(current, owner.uid):
+            raise ObjectInTheWay(kind, owner.namespace, name, describe_owner(current))
+        if current is not None and applied_hash(current) == applied_hash(obj):
+            return
+        logger.info("applying %s %s/%s", kind, owner.namespace, name)
+        self.kube.apply(obj)
 
-    def apply(self, owner: Owner, spec: WorkerSpec) -> RolloutPlan:
-        """Apply every desired object (server-side) and delete owned ones no longer wanted."""
-        plan = self.rollout_plan(spec, owner)
-        monitor_api = self.kube.serves("monitoring.coreos.com/v1", "servicemonitors")
-        objects = desired_objects(owner, spec, plan, monitor_api)
+    def apply(self, owner: Owner, spec: WorkerSpec) -> tuple[RolloutPlan, DownloadState | None]:
+        download = None
+        if spec.download_job:
+            job = build_job(owner, spec)
+            self.ensure(owner, job)
+            download = download_state(self.store.get("Job", owner.namespace, job["metadata"]["name"]))
+        downloaded = download is None or download.done
+        current = self.store.get("Deployment", owner.namespace, owner.name)
+        probe = desired_objects(owner, spec, RolloutPlan(SURGE, ""), False, downloaded=True)
+        template = next(o for o in probe if o["kind"] == "Deployment")["spec"]["template"]
+        template_hash = digest(template)
+        plan = (self.rollout_plan(owner, spec, current, template_hash) if downloaded
+                else RolloutPlan(SURGE, "waiting for the model download"))
+        monitor_api = self.options.service_monitor_api
+        objects = desired_objects(owner, spec, plan, monitor_api, self.options.monitor_labels, downloaded)
         for obj in objects:
-            self.kube.apply(obj)
+            if obj["kind"] == "Deployment":
+                obj["metadata"]["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash}
+            if obj["kind"] != "Job":
+                self.ensure(owner, obj)
         for api_version, kind in stale_kinds(objects):
             if kind == "ServiceMonitor" and not monitor_api:
                 continue
-            path = object_path(api_version, kind, owner.namespace, owner.name)
-            existing = self.kube.get(path)
-            if existing is not None and _owned_by(existing, owner.uid):
+            existing = self.store.get(kind, owner.namespace, owner.name)
+            if existing is not None and owned_by(existing, owner.uid):
                 logger.info("deleting %s %s/%s: no longer in the spec", kind, owner.namespace, owner.name)
-                self.kube.delete(path)
-        return plan
+                self.kube.delete(object_path(api_version, kind, owner.namespace, owner.name))
+        if download is not None and download.done:
+            self._prune_old_jobs(owner, spec)
+        return plan, (None if download is None or download.done else download)
 
-    def observe(
-        self, owner: Owner, spec: WorkerSpec, generation: int, plan: RolloutPlan, previous: Mapping | None
-    ) -> StatusUpdate:
-        deployment = self.kube.get(object_path("apps/v1", "Deployment", owner.namespace, owner.name))
-        if deployment is not None and not _owned_by(deployment, owner.uid):
+    def _prune_old_jobs(self, owner: Owner, spec: WorkerSpec) -> None:
+        keep = build_job(owner, spec)["metadata"]["name"]
+        for job in self.store.belonging_to("Job", owner.namespace, owner.name):
+            if job["metadata"]["name"] != keep and owned_by(job, owner.uid):
+                self.kube.delete(object_path("batch/v1", "Job", owner.namespace, job["metadata"]["name"]))
+
+    # -- observe ------------------------------------------------------------------------------------
+    def observe(self, owner: Owner, spec: WorkerSpec, generation: int, plan: RolloutPlan,
+                download: DownloadState | None, previous: Mapping | None) -> StatusUpdate:
+        deployment = self.store.get("Deployment", owner.namespace, owner.name)
+        if deployment is not None and not owned_by(deployment, owner.uid):
             deployment = None
-        pods = self.kube.list(object_path("v1", "Pod", owner.namespace), label_selector=selector_string(owner.name))
+        pods = [p for p in self.store.belonging_to("Pod", owner.namespace, owner.name)
+                if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "worker"]
+        events = self.store.pod_events(owner.namespace, [p["metadata"]["name"] for p in pods])
         return compute_status(
             generation=generation,
             desired_replicas=spec.replicas,
@@ -100,4 +157,6 @@ class Reconciler:
             rollout=plan.description,
             previous=previous,
             now=utc_now(),
+            pod_events=events,
+            download=download,
         )

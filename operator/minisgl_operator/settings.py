@@ -13,10 +13,13 @@ ENV_PREFIX = "MINISGL_OPERATOR_"
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: watch every namespace (cluster-wide)
     liveness: str | None = "http://0.0.0.0:8080/healthz"
-    resync_seconds: float = 10.0
+    resync_seconds: float = 300.0  # a safety net: watches trigger every reconcile that matters
     log_level: str = "INFO"
     peering: str | None = None  # kopf peering name for several replicas; None = standalone
     metrics_port: int = 8081  # Prometheus /metrics; 0 disables
+    worker_image: str | None = None  # spec.image when a resource names none
+    service_monitor_labels: tuple[tuple[str, str], ...] = ()  # on every workers' ServiceMonitor
+    workers: int = 4  # reconcile threads (one object is never reconciled by two at once)
 
     @property
     def clusterwide(self) -> bool:
@@ -51,7 +54,23 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
                         default=int(env.get(ENV_PREFIX + "METRICS_PORT", OperatorConfig.metrics_port)),
                         help="port of the operator's Prometheus /metrics (0 disables; "
                              "env MINISGL_OPERATOR_METRICS_PORT)")
+    parser.add_argument("--worker-image", default=env.get(ENV_PREFIX + "WORKER_IMAGE") or None,
+                        help="worker image for resources without spec.image (env MINISGL_OPERATOR_WORKER_IMAGE)")
+    parser.add_argument("--service-monitor-label", action="append", dest="monitor_labels", metavar="KEY=VALUE",
+                        help="label on every workers' ServiceMonitor, e.g. release=kube-prometheus-stack "
+                             "(repeatable; env MINISGL_OPERATOR_SERVICE_MONITOR_LABELS, comma-separated)")
+    parser.add_argument("--workers", type=int, default=int(env.get(ENV_PREFIX + "WORKERS", OperatorConfig.workers)),
+                        help="reconcile threads (env MINISGL_OPERATOR_WORKERS)")
     args = parser.parse_args(argv)
+    labels = []
+    raw_labels = args.monitor_labels or [x for x in env.get(ENV_PREFIX + "SERVICE_MONITOR_LABELS", "").split(",") if x.strip()]
+    for item in raw_labels:
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key:
+            raise ValueError(f"--service-monitor-label must be KEY=VALUE, got {item!r}")
+        labels.append((key, value))
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     namespaces = args.namespaces or [n for n in env.get(ENV_PREFIX + "NAMESPACES", "").split(",") if n.strip()]
     if args.all_namespaces and args.namespaces:
         raise ValueError("--all-namespaces and --namespace are exclusive")
@@ -68,4 +87,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         log_level=args.log_level,
         peering=args.peering,
         metrics_port=args.metrics_port,
+        worker_image=args.worker_image,
+        service_monitor_labels=tuple(labels),
+        workers=args.workers,
     )

@@ -33,6 +33,7 @@ class ModelCache:
     pvc_name: str
     mount_path: str = "/models"
     read_only: bool = False
+    download: bool = True  # fill the PVC with a download Job before any worker starts
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class WorkerSpec:
     image: str
     model_path: str
     replicas: int = 1
+    model_revision: str = "main"
     image_pull_policy: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     served_model_name: str | None = None
@@ -84,12 +86,22 @@ class WorkerSpec:
     progress_deadline_seconds: int = 3600
     service_monitor: bool = True
     monitor_interval: str = "15s"
+    monitor_labels: dict = field(default_factory=dict)
     autoscaling: Autoscaling | None = None
     pod_template: dict | None = None
 
     @property
     def served_name(self) -> str:
         return self.served_model_name or self.model_path
+
+    @property
+    def hub_model(self) -> bool:
+        """A Hugging Face repo id (downloadable), not a directory inside the image or a volume."""
+        return not self.model_path.startswith(("/", "."))
+
+    @property
+    def download_job(self) -> bool:
+        return self.cache is not None and self.cache.download and not self.cache.read_only and self.hub_model
 
     @property
     def gpus_per_pod(self) -> int:
@@ -122,10 +134,13 @@ def _secret(ref: Mapping | None, default_key: str, what: str) -> SecretRef | Non
     return SecretRef(name=ref["name"], key=ref.get("key") or default_key)
 
 
-def parse_spec(spec: Mapping[str, Any]) -> WorkerSpec:
-    """Turn a MiniSGLDeployment .spec into a WorkerSpec, or raise ValueError saying why not."""
-    if not spec.get("image"):
-        raise ValueError("spec.image is required")
+def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> WorkerSpec:
+    """Turn a MiniSGLDeployment .spec into a WorkerSpec, or raise ValueError saying why not.
+    `default_image` is the operator's configured worker image (the chart's workers.image)."""
+    image = spec.get("image") or default_image
+    if not image:
+        raise ValueError("spec.image is required: the operator has no default worker image "
+                         "(set the chart value workers.image or --worker-image)")
     model = spec.get("model") or {}
     if not model.get("path"):
         raise ValueError("spec.model.path is required")
@@ -155,7 +170,8 @@ def parse_spec(spec: Mapping[str, Any]) -> WorkerSpec:
         c = model["cache"]
         if not c.get("pvcName"):
             raise ValueError("model.cache.pvcName is required")
-        cache = ModelCache(c["pvcName"], c.get("mountPath") or "/models", bool(c.get("readOnly", False)))
+        cache = ModelCache(c["pvcName"], c.get("mountPath") or "/models", bool(c.get("readOnly", False)),
+                           bool(c.get("download", True)))
 
     autoscaling = None
     if spec.get("autoscaling"):
@@ -174,9 +190,12 @@ def parse_spec(spec: Mapping[str, Any]) -> WorkerSpec:
     shutdown = spec.get("shutdown") or {}
     rollout = spec.get("rollout") or {}
     monitoring = spec.get("monitoring") or {}
+    auth = spec.get("auth") or {}
+    api_key = auth.get("apiKeySecretRef") or service.get("apiKeySecretRef")  # service.*: older name
     return WorkerSpec(
-        image=spec["image"],
+        image=image,
         model_path=model["path"],
+        model_revision=model.get("revision") or "main",
         replicas=_int(spec.get("replicas", 1), "spec.replicas", 0),
         image_pull_policy=spec.get("imagePullPolicy"),
         image_pull_secrets=tuple(s["name"] for s in spec.get("imagePullSecrets") or ()),
@@ -205,7 +224,7 @@ def parse_spec(spec: Mapping[str, Any]) -> WorkerSpec:
         service_port=_int(service.get("port", 8000), "service.port", 1),
         cluster_ip=service.get("clusterIP"),
         service_annotations=dict(service.get("annotations") or {}),
-        api_key_secret=_secret(service.get("apiKeySecretRef"), "api-key", "service.apiKeySecretRef"),
+        api_key_secret=_secret(api_key, "api-key", "auth.apiKeySecretRef"),
         node_selector=dict(scheduling.get("nodeSelector") or {}),
         tolerations=tuple(scheduling.get("tolerations") or ()),
         affinity=scheduling.get("affinity"),
@@ -217,6 +236,7 @@ def parse_spec(spec: Mapping[str, Any]) -> WorkerSpec:
         progress_deadline_seconds=_int(rollout.get("progressDeadlineSeconds", 3600), "rollout.progressDeadlineSeconds", 60),
         service_monitor=bool(monitoring.get("serviceMonitor", True)),
         monitor_interval=monitoring.get("interval") or "15s",
+        monitor_labels=dict(monitoring.get("labels") or {}),
         autoscaling=autoscaling,
         pod_template=spec.get("podTemplate") or None,
     )

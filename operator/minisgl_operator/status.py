@@ -9,9 +9,13 @@ from __future__ import annotations
 from typing import Mapping, NamedTuple, Sequence
 
 from minisgl_operator import GPU_RESOURCE
+from minisgl_operator.download import DownloadState
 
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
-PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed")
+CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+# Warning events on a pod (kubelet, attach-detach controller) that say why it never starts.
+VOLUME_EVENT_REASONS = ("FailedAttachVolume", "FailedMount")
+PHASES = ("Pending", "Downloading", "Progressing", "Ready", "Degraded", "Failed")
 
 
 class Problem(NamedTuple):
@@ -30,8 +34,24 @@ class StatusUpdate(NamedTuple):
     events: list[Event]
 
 
-def pod_problem(pod: Mapping) -> Problem | None:
-    """The first thing keeping this pod from serving, as a condition reason, or None."""
+def _started(pod: Mapping) -> bool:
+    return any((cs.get("state") or {}).get("running") or (cs.get("state") or {}).get("terminated")
+               for cs in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _event_problem(name: str, events: Sequence[Mapping]) -> Problem | None:
+    """FailedMount / Multi-Attach from the pod's Warning events (newest last)."""
+    for event in reversed(events):
+        if event.get("reason") in VOLUME_EVENT_REASONS:
+            message = event.get("message") or event["reason"]
+            reason = "MultiAttach" if "Multi-Attach" in message else "FailedMount"
+            return Problem(reason, f"pod {name}: {message}")
+    return None
+
+
+def pod_problem(pod: Mapping, events: Sequence[Mapping] = ()) -> Problem | None:
+    """The first thing keeping this pod from serving, as a condition reason, or None.
+    `events`: the pod's recent Warning events, oldest first."""
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
@@ -45,9 +65,32 @@ def pod_problem(pod: Mapping) -> Problem | None:
         detail = waiting.get("message") or reason
         if reason in IMAGE_PULL_REASONS:
             return Problem("ImagePullBackOff", f"pod {name}, container {cs.get('name')}: {detail}")
+        if reason in CONFIG_REASONS:
+            return Problem(reason, f"pod {name}, container {cs.get('name')}: {detail}")
         if reason == "CrashLoopBackOff":
-            return Problem("CrashLoopBackOff", f"pod {name}, container {cs.get('name')}: {detail}")
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            if last.get("reason") == "OOMKilled":
+                return Problem("OOMKilled", f"pod {name}, container {cs.get('name')} was OOMKilled (exit code "
+                                            f"{last.get('exitCode', 137)}, {cs.get('restartCount', 0)} restarts): "
+                                            "raise spec.resources.memory or lower engine.memoryRatio")
+            code = f" (last exit code {last['exitCode']}: {last.get('reason')})" if "exitCode" in last else ""
+            return Problem("CrashLoopBackOff", f"pod {name}, container {cs.get('name')}: {detail}{code}")
+    if not _started(pod):
+        return _event_problem(name, events)
     return None
+
+
+def replica_failure(deployment: Mapping | None) -> Problem | None:
+    """The Deployment controller could not create pods (quota, Pod Security, ...)."""
+    cond = _deployment_condition(deployment, "ReplicaFailure")
+    if cond.get("status") != "True":
+        return None
+    message = cond.get("message") or cond.get("reason") or "pods cannot be created"
+    if "exceeded quota" in message:
+        return Problem("QuotaExceeded", message)
+    if "violates PodSecurity" in message:
+        return Problem("PodSecurityViolation", message)
+    return Problem("ReplicaFailure", message)
 
 
 def _deployment_condition(deployment: Mapping | None, ctype: str) -> Mapping:
@@ -89,14 +132,25 @@ def compute_status(
     rollout: str,
     previous: Mapping | None,
     now: str,
+    pod_events: Mapping[str, Sequence[Mapping]] | None = None,
+    download: DownloadState | None = None,
 ) -> StatusUpdate:
+    """`pod_events`: pod name -> its Warning events; `download`: the download Job's state
+    while the model is not in the cache yet (None: no Job, or it finished)."""
     previous = previous or {}
+    pod_events = pod_events or {}
     dstatus = (deployment or {}).get("status") or {}
     replicas = int(dstatus.get("replicas") or 0)
     ready = int(dstatus.get("readyReplicas") or 0)
     updated = int(dstatus.get("updatedReplicas") or 0)
     live_pods = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
-    problems = [p for p in map(pod_problem, live_pods) if p is not None]
+    problems = [p for p in (pod_problem(pod, pod_events.get(pod["metadata"].get("name"), ())) for pod in live_pods)
+                if p is not None]
+    failure = replica_failure(deployment)
+    if failure is not None:
+        problems.insert(0, failure)
+    if download is not None and download.failed:
+        problems.insert(0, Problem("DownloadFailed", download.message))
     progress = _deployment_condition(deployment, "Progressing")
     deadline = progress.get("status") == "False" and progress.get("reason") == "ProgressDeadlineExceeded"
     if deadline:
@@ -108,8 +162,11 @@ def compute_status(
     )
     problem = problems[0] if problems else None
 
-    if problem is not None and problem.reason == "ProgressDeadlineExceeded":
+    downloading = download is not None and not download.done and not download.failed
+    if problem is not None and problem.reason in ("ProgressDeadlineExceeded", "DownloadFailed"):
         phase = "Failed"
+    elif downloading and problem is None:
+        phase = "Downloading"
     elif problem is not None:
         phase = "Degraded"
     elif settled:
@@ -124,10 +181,14 @@ def compute_status(
         ready_cond = _condition("Ready", True, "AllReplicasReady" if desired_replicas else "ScaledToZero", counts, generation)
     elif problem is not None:
         ready_cond = _condition("Ready", False, problem.reason, f"{counts}; {problem.message}", generation)
+    elif downloading:
+        ready_cond = _condition("Ready", False, "Downloading", f"{counts}; {download.message}", generation)
     else:
         ready_cond = _condition("Ready", False, "ReplicasNotReady", counts, generation)
     if deadline:
         progressing = _condition("Progressing", False, "ProgressDeadlineExceeded", problem.message, generation)
+    elif downloading:
+        progressing = _condition("Progressing", True, "Downloading", download.message, generation)
     elif settled:
         progressing = _condition("Progressing", False, "Complete", counts, generation)
     else:

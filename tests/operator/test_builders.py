@@ -12,7 +12,12 @@ from minisgl_operator.rollout import IN_PLACE, RolloutPlan, plan_rollout
 from minisgl_operator.spec import parse_spec
 
 K8S_VERSION = "1.37.0"  # newest schema set kubernetes-validate ships; the e2e cluster runs v1.37.2
+OLDEST_SUPPORTED = "1.28.0"  # docs/kubernetes.md: Kubernetes 1.28 or newer
 OWNER = Owner("qwen", "llm", "0b1c2d3e-0000-4000-8000-000000000001")
+
+
+def kinds_of(objects: list[dict]) -> dict[str, dict]:
+    return {o["kind"]: o for o in objects}
 
 
 def make_spec(tp: int, pvc: bool, secret: bool, autoscale: bool, template: bool) -> dict:
@@ -53,33 +58,36 @@ def test_every_built_object_is_valid_kubernetes(tp, pvc, secret, autoscale, temp
     spec = parse_spec(make_spec(tp, pvc, secret, autoscale, template))
     objects = desired_objects(OWNER, spec, plan_rollout(spec, {}), service_monitor_available=True)
     kinds = [o["kind"] for o in objects]
-    assert kinds[:3] == ["Service", "Deployment", "PodDisruptionBudget"]
+    assert kinds[:4 if pvc else 3] == (["Service", "Job", "Deployment", "PodDisruptionBudget"] if pvc
+                                       else ["Service", "Deployment", "PodDisruptionBudget"])
     assert ("HorizontalPodAutoscaler" in kinds) == autoscale
     for obj in objects:
         if obj["kind"] == "ServiceMonitor":
             continue  # not a core schema; checked below
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, OLDEST_SUPPORTED, strict=True)  # e.g. no preStop `sleep` (1.30+)
         assert obj["metadata"]["ownerReferences"] == [{
             "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": OWNER.name, "uid": OWNER.uid,
             "controller": True, "blockOwnerDeletion": True}]
-    pod = objects[1]["spec"]["template"]
+    pod = kinds_of(objects)["Deployment"]["spec"]["template"]
     worker = pod["spec"]["containers"][0]
     assert worker["resources"]["limits"][GPU_RESOURCE] == tp
     assert worker["args"][worker["args"].index("--tp-size") + 1] == str(tp)
     assert pod["metadata"]["labels"].items() >= selector_labels(OWNER.name).items()
-    env = {e["name"] for e in worker.get("env", [])}
-    assert ("HF_HOME" in env) == pvc
-    assert {"HF_TOKEN", "MINISGL_API_KEY"} <= env if secret else not env & {"HF_TOKEN", "MINISGL_API_KEY"}
+    env = {e["name"]: e for e in worker.get("env", [])}
+    assert env["HF_HOME"]["value"] == "/models"  # the PVC, else an emptyDir: writable either way
+    assert ("HF_HUB_OFFLINE" in env) == pvc  # the download Job filled the cache
+    assert {"HF_TOKEN", "MINISGL_API_KEY"} <= env.keys() if secret else not env.keys() & {"HF_TOKEN", "MINISGL_API_KEY"}
     if template:
         assert worker["imagePullPolicy"] == "Always" and pod["spec"]["hostIPC"] is True
         assert [c["name"] for c in pod["spec"]["containers"]] == ["worker", "sidecar"]
         assert pod["metadata"]["labels"]["team"] == "llm"
 
 
-def test_worker_pod_has_shm_probes_drain_and_scrape_annotations():
+def test_worker_pod_has_shm_probes_drain_and_no_scrape_annotations_beside_a_service_monitor():
     spec = parse_spec({**make_spec(8, True, False, False, False),
                        "probes": {"startupTimeoutSeconds": 3600}, "shutdown": {"drainTimeoutSeconds": 300}})
-    pod = desired_objects(OWNER, spec, plan_rollout(spec, {}), False)[1]["spec"]["template"]
+    pod = kinds_of(desired_objects(OWNER, spec, plan_rollout(spec, {}), False))["Deployment"]["spec"]["template"]
     worker = pod["spec"]["containers"][0]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
@@ -90,17 +98,56 @@ def test_worker_pod_has_shm_probes_drain_and_scrape_annotations():
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
     assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert "preStop" in worker["lifecycle"]
+    assert "exec" in worker["lifecycle"]["preStop"]  # the `sleep` action needs Kubernetes 1.30
     assert pod["spec"]["terminationGracePeriodSeconds"] > 300
     assert worker["args"][worker["args"].index("--shutdown-timeout") + 1] == "300"
-    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert "prometheus.io/scrape" not in pod["metadata"].get("annotations", {})  # the ServiceMonitor scrapes
     assert worker["command"] == ["python", "-m", "minisgl"]
+    off = parse_spec({**make_spec(1, False, False, False, False), "monitoring": {"serviceMonitor": False}})
+    pod = kinds_of(desired_objects(OWNER, off, plan_rollout(off, {}), True))["Deployment"]["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+@pytest.mark.parametrize("pvc", [False, True])
+def test_pods_are_restricted_compliant_with_writable_caches(pvc):
+    spec = parse_spec(make_spec(1, pvc, False, False, False))
+    objects = kinds_of(desired_objects(OWNER, spec, plan_rollout(spec, {}), False))
+    templates = [objects["Deployment"]["spec"]["template"]] + ([objects["Job"]["spec"]["template"]] if pvc else [])
+    for pod in templates:
+        sec = pod["spec"]["securityContext"]
+        assert sec["runAsNonRoot"] is True and sec["fsGroup"] == 10001
+        assert sec["seccompProfile"] == {"type": "RuntimeDefault"}
+        container = pod["spec"]["containers"][0]
+        csec = container["securityContext"]
+        assert csec["allowPrivilegeEscalation"] is False and csec["capabilities"] == {"drop": ["ALL"]}
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        for var in ("HF_HOME", "FLASHINFER_WORKSPACE_BASE", "TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
+            assert any(env[var].startswith(m) for m in mounts), (var, env[var], mounts)
+
+
+def test_service_monitor_carries_configured_and_spec_labels():
+    spec = parse_spec({**make_spec(1, False, False, False, False), "monitoring": {"labels": {"team": "llm"}}})
+    sm = kinds_of(desired_objects(OWNER, spec, plan_rollout(spec, {}), True,
+                                  monitor_labels={"release": "kube-prometheus-stack"}))["ServiceMonitor"]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["metadata"]["labels"]["team"] == "llm"
+    assert sm["metadata"]["labels"]["app.kubernetes.io/instance"] == OWNER.name
+
+
+def test_no_deployment_until_the_download_job_finished():
+    spec = parse_spec(make_spec(1, True, False, False, False))
+    kinds = [o["kind"] for o in desired_objects(OWNER, spec, plan_rollout(spec, {}), False, downloaded=False)]
+    assert kinds == ["Service", "Job", "PodDisruptionBudget"]
+    job = kinds_of(desired_objects(OWNER, spec, plan_rollout(spec, {}), False))["Job"]
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] != "minisgl-worker"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["Qwen/Qwen3-8B", "main"]
 
 
 def test_worker_cli_accepts_the_generated_flags():
     args_mod = pytest.importorskip("minisgl.server.args")
     spec = parse_spec(make_spec(2, True, True, False, False))
-    parsed = args_mod.build_parser().parse_args(worker_args(spec))
+    parsed = args_mod.build_parser().parse_args(worker_args(spec))  # noqa
     assert parsed.tp_size == 2 and parsed.port == 8000 and parsed.host == "0.0.0.0"
     assert parsed.attention_backend == "fa3,fi" and parsed.device == "cuda"
 
