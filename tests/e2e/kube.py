@@ -25,6 +25,7 @@ BUILD_SCRIPT = REPO / ".ci" / "build_kube.sh"
 KUBE_VERSION = os.environ.get("MINISGL_KUBE_VERSION", "v1.37.2")
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 T = TypeVar("T")
+DEFAULT_WORKER_IMAGE = "ghcr.io/minisgl/minisgl-worker:e2e"
 
 
 def required() -> bool:
@@ -150,7 +151,8 @@ class Cluster:
     """A running control plane. `kubeconfig` is cluster-admin; `operator_kubeconfig` is the
     user `minisgl-operator`, whom tests bind to the operator's own RBAC rules."""
 
-    def __init__(self, bin_dir: Path, workdir: Path) -> None:
+    def __init__(self, bin_dir: Path, workdir: Path, audit_user: str | None = None) -> None:
+        self.audit_user = audit_user  # log every request of this user to audit.log (JSON lines)
         self.bin_dir = bin_dir
         self.dir = workdir
         self.procs: list[tuple[str, subprocess.Popen]] = []
@@ -191,12 +193,34 @@ class Cluster:
             "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
             "--endpoint-reconciler-type=none",
             "--disable-admission-plugins=ServiceAccount", "--enable-priority-and-fairness=false",
-            "--profiling=false", "--v=1",
+            # As on OpenShift: blockOwnerDeletion needs update on the owner's finalizers.
+            # (PodSecurity and ResourceQuota are on by default.)
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement,ResourceQuota,PodSecurity",
+            "--profiling=false", "--v=1", *self._audit_flags(),
         ])
         _kubeconfig(d, self.server, "admin")
         _kubeconfig(d, self.server, "operator")
         wait_for(self._ready, timeout, "kube-apiserver /readyz")
         return self
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_user:
+            return []
+        policy = self.dir / "audit-policy.yaml"
+        policy.write_text(f"""apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+  users: ["{self.audit_user}"]
+- level: None
+""")
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=batch",
+                "--audit-log-batch-max-wait=1s"]
+
+    @property
+    def audit_log(self) -> Path:
+        return self.dir / "audit.log"
 
     def start_controllers(self) -> "Cluster":
         """kube-controller-manager; start it after installing CRDs, so that its REST mapper
@@ -208,7 +232,8 @@ class Cluster:
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
             f"--service-account-private-key-file={d / 'sa.key'}", f"--root-ca-file={d / 'ca.crt'}",
             "--controllers=deployment-controller,replicaset-controller,garbage-collector-controller,"
-            "horizontal-pod-autoscaler-controller,serviceaccount-controller,namespace-controller",
+            "horizontal-pod-autoscaler-controller,serviceaccount-controller,namespace-controller,"
+            "resourcequota-controller",
             "--horizontal-pod-autoscaler-sync-period=1s", "--concurrent-deployment-syncs=2", "--v=1",
         ])
         return self
@@ -255,7 +280,10 @@ class Cluster:
 class OperatorProcess:
     """`python -m minisgl_operator` as a subprocess against the test cluster."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 1.0) -> None:
+    # Resync of minutes, as in production: every status change in these tests must come from a watch.
+    def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 300.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.resync_seconds = resync_seconds
@@ -272,7 +300,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "minisgl_operator", "--all-namespaces",
              "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
-             "--metrics-port", str(self.metrics_port)],
+             "--metrics-port", str(self.metrics_port), *self.extra_args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._live, timeout, "operator liveness endpoint")
         return self
@@ -334,7 +362,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster):
-    op = OperatorProcess(cluster.operator_kubeconfig, cluster.dir / "operator.log").start()
+    op = OperatorProcess(cluster.operator_kubeconfig, cluster.dir / "operator.log", extra_args=(
+        f"--worker-image={DEFAULT_WORKER_IMAGE}", "--service-monitor-label=release=kube-prometheus-stack")).start()
     try:
         yield op
     finally:

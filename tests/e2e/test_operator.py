@@ -3,81 +3,18 @@ against a real API server + controller manager: owned objects, status and events
 GPU-aware rollout, InsufficientGPU, adoption, restart, garbage collection."""
 from __future__ import annotations
 
-import itertools
-from typing import Any
-
 import pytest
 
-from minisgl_operator.kube import Kube, object_path
-from tests.e2e.kube import Cluster, cluster, operator, wait_for  # noqa: F401 - fixtures
+from minisgl_operator.kube import object_path
+from tests.e2e.kube import DEFAULT_WORKER_IMAGE, cluster, operator, wait_for  # noqa: F401 - fixtures
+from tests.e2e.resources import (GROUP_VERSION, TIMEOUT, condition, create, events, get, kube, mark_ready,  # noqa: F401
+                                 msgl, ns, patch_spec, pods, write_pod_status)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-TIMEOUT = 60
-GROUP_VERSION = "minisgl.io/v1alpha1"
-_names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def kube(cluster: Cluster) -> Kube:
-    return Kube(cluster.api_client())
-
-
-@pytest.fixture
-def ns(kube: Kube) -> str:
-    name = f"t{next(_names)}"
-    kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
-    return name
-
-
-def create(kube: Kube, ns: str, name: str, **spec: Any) -> dict:
-    body = {"apiVersion": GROUP_VERSION, "kind": "MiniSGLDeployment", "metadata": {"name": name},
-            "spec": {"image": "ghcr.io/x/minisgl-worker:0.1.0", "model": {"path": "Qwen/Qwen3-8B"}, **spec}}
-    return kube.request("POST", object_path(GROUP_VERSION, "MiniSGLDeployment", ns), body=body)
-
-
-def patch_spec(kube: Kube, ns: str, name: str, spec: dict) -> None:
-    kube.request("PATCH", object_path(GROUP_VERSION, "MiniSGLDeployment", ns, name), body={"spec": spec},
-                 content_type="application/merge-patch+json")
-
-
-def get(kube: Kube, api_version: str, kind: str, ns: str, name: str) -> dict | None:
-    return kube.get(object_path(api_version, kind, ns, name))
-
-
-def msgl(kube: Kube, ns: str, name: str) -> dict:
-    return get(kube, GROUP_VERSION, "MiniSGLDeployment", ns, name) or {}
-
-
-def condition(obj: dict, ctype: str) -> dict:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
-
-
-def pods(kube: Kube, ns: str) -> list[dict]:
-    return [p for p in kube.list(object_path("v1", "Pod", ns)) if not p["metadata"].get("deletionTimestamp")]
-
-
-def write_pod_status(kube: Kube, pod: dict, status: dict) -> None:
-    """What kubelet / kube-scheduler would write: there are none in this cluster."""
-    path = object_path("v1", "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]) + "/status"
-    kube.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
-
-
-def mark_ready(kube: Kube, pod: dict) -> None:
-    now = "2026-01-01T00:00:00Z"
-    conds = [{"type": t, "status": "True", "lastTransitionTime": now}
-             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-    write_pod_status(kube, pod, {"phase": "Running", "conditions": conds, "containerStatuses": [{
-        "name": "worker", "ready": True, "started": True, "restartCount": 0, "image": "img", "imageID": "",
-        "state": {"running": {"startedAt": now}}}]})
-
-
-def events(kube: Kube, ns: str, name: str) -> list[dict]:
-    return [e for e in kube.list(object_path("v1", "Event", ns)) if e["involvedObject"]["name"] == name]
-
-
 def test_create_makes_owned_objects_then_ready_status_and_events(kube, ns, operator):
     cr = create(kube, ns, "qwen", replicas=2, engine={"tensorParallelSize": 2},
-                model={"path": "Qwen/Qwen3-8B", "cache": {"pvcName": "models"}, "tokenSecretRef": {"name": "hf"}})
+                model={"path": "Qwen/Qwen3-8B", "tokenSecretRef": {"name": "hf"}},
+                auth={"apiKeySecretRef": {"name": "keys", "key": "k"}})
     uid = cr["metadata"]["uid"]
     dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "qwen"), TIMEOUT, "Deployment")
     svc = get(kube, "v1", "Service", ns, "qwen")
@@ -90,6 +27,9 @@ def test_create_makes_owned_objects_then_ready_status_and_events(kube, ns, opera
     worker = dep["spec"]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in worker["env"]
+    assert {"name": "MINISGL_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "k"}}} in worker["env"]
+    assert "exec" in worker["lifecycle"]["preStop"]  # works on Kubernetes < 1.30 too
+    assert dep["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True  # needs .../finalizers RBAC
     assert svc["spec"]["ports"][0]["port"] == 8000
     assert get(kube, "autoscaling/v2", "HorizontalPodAutoscaler", ns, "qwen") is None
 
@@ -190,6 +130,8 @@ def test_gpu_aware_rollout_surges_only_when_a_node_has_room(kube, ns, operator):
     kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": node}})
     kube.request("PATCH", f"/api/v1/nodes/{node}/status", content_type="application/merge-patch+json",
                  body={"status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}})
+    # Capacity is read only while a rollout is pending: a spec change starts one.
+    patch_spec(kube, ns, "r", {"engine": {"maxRunningRequests": 32}})
     wait_for(lambda: strategy().get("rollingUpdate", {}).get("maxSurge") == 1, TIMEOUT, "surge once 8 GPUs are free")
     assert "surge" in msgl(kube, ns, "r")["status"]["rolloutStrategy"]
     # The node count says "room", but a pod of ours cannot schedule (taints, affinity, ...):
@@ -205,23 +147,51 @@ def test_gpu_aware_rollout_surges_only_when_a_node_has_room(kube, ns, operator):
     wait_for(lambda: strategy().get("type") == "Recreate", TIMEOUT, "forced Recreate")
 
 
-def test_existing_service_is_adopted_and_service_monitor_follows_its_crd(kube, ns, operator, cluster):
+def test_an_unowned_service_of_the_same_name_is_never_adopted(kube, ns, operator):
     kube.request("POST", object_path("v1", "Service", ns), body={
         "metadata": {"name": "a", "labels": {"keep": "me"}},
-        "spec": {"selector": {"app.kubernetes.io/instance": "a"}, "ports": [{"name": "http", "port": 8000}]}})
-    cr = create(kube, ns, "a")
-    svc = wait_for(lambda: (get(kube, "v1", "Service", ns, "a")["metadata"].get("ownerReferences") or [None])[0]
-                   and get(kube, "v1", "Service", ns, "a"), TIMEOUT, "Service adopted")
-    assert svc["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
-    assert svc["spec"]["selector"]["app.kubernetes.io/instance"] == "a"
-    assert get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "a") is None
+        "spec": {"selector": {"app": "someone-else"}, "ports": [{"name": "web", "port": 80}]}})
+    create(kube, ns, "a")
+    cr = wait_for(lambda: condition(msgl(kube, ns, "a"), "Degraded").get("reason") == "ObjectInTheWay"
+                  and msgl(kube, ns, "a"), TIMEOUT, "ObjectInTheWay")
+    message = condition(cr, "Degraded")["message"]
+    assert f"Service {ns}/a already exists" in message and "no owner" in message, message
+    svc = get(kube, "v1", "Service", ns, "a")
+    assert svc["spec"]["selector"] == {"app": "someone-else"} and not svc["metadata"].get("ownerReferences")
+    assert get(kube, "apps/v1", "Deployment", ns, "a") is None
+    # Once the stranger's Service is gone, the operator creates its own.
+    kube.request("DELETE", object_path("v1", "Service", ns, "a"))
+    svc = wait_for(lambda: (get(kube, "v1", "Service", ns, "a") or {}).get("metadata", {}).get("ownerReferences")
+                   and get(kube, "v1", "Service", ns, "a"), TIMEOUT, "own Service")
+    assert svc["spec"]["ports"][0]["name"] == "http"
+    wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "a"), TIMEOUT, "Deployment")
+
+
+def test_service_monitor_follows_its_crd_with_labels_and_replaces_scrape_annotations(kube, ns, operator, cluster):
+    create(kube, ns, "m", monitoring={"labels": {"team": "llm"}})
+    dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "m"), TIMEOUT, "Deployment")
+    assert "prometheus.io/scrape" not in dep["spec"]["template"]["metadata"].get("annotations", {})
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/x/minisgl-worker:0.1.0"
+    assert get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "m") is None
     cluster.kubectl("apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
     cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
-    sm = wait_for(lambda: get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "a"), TIMEOUT, "ServiceMonitor")
+    sm = wait_for(lambda: get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "m"), TIMEOUT, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "http"
-    patch_spec(kube, ns, "a", {"monitoring": {"serviceMonitor": False}})
-    wait_for(lambda: get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "a") is None, TIMEOUT,
+    # The operator's --service-monitor-label (a kube-prometheus-stack selects on `release`) and the spec's.
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack" and sm["metadata"]["labels"]["team"] == "llm"
+    patch_spec(kube, ns, "m", {"monitoring": {"serviceMonitor": False}})
+    wait_for(lambda: get(kube, "monitoring.coreos.com/v1", "ServiceMonitor", ns, "m") is None, TIMEOUT,
              "ServiceMonitor pruned when turned off")
+    wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "m")["spec"]["template"]["metadata"]
+             .get("annotations", {}).get("prometheus.io/scrape") == "true", TIMEOUT, "annotations instead")
+
+
+def test_a_minimal_resource_gets_the_operators_worker_image(kube, ns, operator):
+    body = {"apiVersion": GROUP_VERSION, "kind": "MiniSGLDeployment", "metadata": {"name": "mini"},
+            "spec": {"model": {"path": "Qwen/Qwen3-0.6B"}}}
+    kube.request("POST", object_path(GROUP_VERSION, "MiniSGLDeployment", ns), body=body)
+    dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "mini"), TIMEOUT, "Deployment")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == DEFAULT_WORKER_IMAGE
 
 
 def test_rejected_objects_fail_the_resource_permanently(kube, ns, operator):
