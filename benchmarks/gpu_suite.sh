@@ -65,8 +65,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 
 B=benchmarks
 DEMO_TOK=worker/minisgl/models/demo
-ENGINE="--device cuda --dtype bfloat16 --attention-backend fa3,fi --cuda-graph-max-bs 256
-        --max-running-requests 256 --memory-ratio 0.85"
+ENGINE="--device cuda --dtype bfloat16 --attention-backend fa3,fi --cuda-graph-max-bs 256"
+ENGINE="$ENGINE --max-running-requests 256 --memory-ratio 0.85"
 REC="--out-dir $OUT"
 
 # ---- GPU tests --------------------------------------------------------------------------------

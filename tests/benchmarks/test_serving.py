@@ -37,3 +37,30 @@ def test_sweep_against_launched_server_counts_every_token(tiny_llama, capsys):
             p = run[key]
             assert 0 < p["p50"] <= p["p90"] <= p["p99"]
     assert result["output_tokens_per_s"] == result["runs"][-1]["output_tokens_per_s"]
+
+
+def test_redraw_ids_keeps_lengths_and_run_zero():
+    bench = load_bench()
+    reqs = [([1, 2, 3], 5), ([4] * 10, 7)]
+    assert bench.redraw_ids(reqs, 0, 1000) is reqs
+    again = bench.redraw_ids(reqs, 1, 1000)
+    assert [(len(p), o) for p, o in again] == [(3, 5), (10, 7)] and again != reqs
+    assert again == bench.redraw_ids(reqs, 1, 1000)
+
+
+def test_cold_start_burst_with_vs_offline_and_client_processes(tiny_llama):
+    bench = load_bench()
+    result = bench.main(["--launch", f"--model-path {tiny_llama} --device cpu --log-level warning",
+                         "--name", "http-burst", "--cold-start", "--client-procs", "2",
+                         "--offline-args", f"--model {tiny_llama} --device cpu",
+                         "--num-prompts", "6", "--input-len", "8", "24", "--output-len", "4", "8",
+                         "--no-record"])
+    cold, warm = result["runs"]
+    for run in (cold, warm):
+        assert run["completed"] == 6 and run["failed"] == 0 and run["client_procs"] == 2, run["errors"]
+    c = result["cold_start"]
+    assert c["ttft_p50_ms_cold"] == cold["ttft_ms"]["p50"] and c["ttft_p50_ms_warm"] == warm["ttft_ms"]["p50"]
+    assert result["ratios"]["cold_vs_warm_ttft_p50"] > 0
+    assert result["offline"]["output_tokens_per_s"] > 0
+    assert result["ratios"]["vs_offline"] == round(warm["output_tokens_per_s"]
+                                                   / result["offline"]["output_tokens_per_s"], 3)
