@@ -13,6 +13,28 @@ CACHE_TYPES = ("radix", "naive")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
+def auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def auto_attention_backend(device: str) -> str:
+    """The fastest backend installed for the device (the server's and LLM's default)."""
+    import importlib.util
+
+    if device == "cuda" and importlib.util.find_spec("flashinfer"):
+        import torch
+
+        # Hopper: FA3-template prefill + FlashInfer decode, as Mini-SGLang defaults to.
+        return "fa3,fi" if torch.cuda.get_device_capability()[0] == 9 else "fi"
+    return "torch"
+
+
+def auto_cuda_graph_max_bs(attention_backend: str) -> int:
+    return 256 if attention_backend != "torch" else 0
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str
@@ -30,6 +52,7 @@ class EngineConfig:
     cuda_graph_max_bs: int = 0  # 0: no CUDA graphs
     seed: int = 0
     dist_init_method: str | None = None  # e.g. file:///tmp/.../dist; needed when tp_size > 1
+    max_running_requests: int = 256  # also sizes the engine's per-request device state
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -57,6 +80,8 @@ class EngineConfig:
             )
         if self.cuda_graph_max_bs < 0:
             raise ValueError(f"--cuda-graph-max-bs must be >= 0, got {self.cuda_graph_max_bs}")
+        if self.max_running_requests < 1:
+            raise ValueError(f"--max-running-requests must be >= 1, got {self.max_running_requests}")
         if self.tp_size > 1 and not self.dist_init_method:
             raise ValueError("tp_size > 1 needs dist_init_method")
 
@@ -68,8 +93,14 @@ class EngineConfig:
 @dataclass(frozen=True)
 class SchedulerConfig(EngineConfig):
     cache_type: str = "radix"
-    max_running_requests: int = 256
     max_prefill_length: int = 8192  # tokens per prefill batch (chunked prefill above it)
+    # Overlap scheduling (build step N+1 while step N runs): None = on for cuda, off on cpu
+    # (where it gains nothing); True/False force it (tests run it on the CPU).
+    overlap: bool | None = None
+
+    @property
+    def use_overlap(self) -> bool:
+        return self.device == "cuda" if self.overlap is None else self.overlap
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,8 +108,6 @@ class SchedulerConfig(EngineConfig):
             raise ValueError(
                 f"--cache-type must be one of {', '.join(CACHE_TYPES)}, got {self.cache_type!r}"
             )
-        if self.max_running_requests < 1:
-            raise ValueError(f"--max-running-requests must be >= 1, got {self.max_running_requests}")
         if self.max_prefill_length < self.page_size or self.max_prefill_length < 16:
             raise ValueError(
                 f"--max-prefill-length must be >= max(16, page size), got {self.max_prefill_length}"

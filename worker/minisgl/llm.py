@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
-from minisgl.config import SchedulerConfig
+from minisgl.config import SchedulerConfig, auto_attention_backend, auto_cuda_graph_max_bs, auto_device
 from minisgl.sampling_params import SamplingParams
 
 
@@ -57,12 +57,25 @@ _CONFIG_FIELDS = {f.name for f in fields(SchedulerConfig)}
 
 
 class LLM:
-    def __init__(self, model_path: str, **kwargs) -> None:
+    """Offline engine. Options are SchedulerConfig's fields; as with the server, device,
+    attention_backend and cuda_graph_max_bs default to the fastest for the machine (cuda
+    if visible, FlashInfer with CUDA graphs where installed). Also: tokenizer_path (a
+    tokenizer directory other than the model's), disable_overlap=True (= overlap=False)."""
+
+    def __init__(self, model_path: str, *, tokenizer_path: str | None = None,
+                 disable_overlap: bool = False, **kwargs) -> None:
         unknown = set(kwargs) - _CONFIG_FIELDS
         if unknown:
-            raise ValueError(f"unknown LLM options {sorted(unknown)}; valid: {sorted(_CONFIG_FIELDS)}")
+            valid = sorted(_CONFIG_FIELDS | {"tokenizer_path", "disable_overlap"})
+            raise ValueError(f"unknown LLM options {sorted(unknown)}; valid: {valid}")
         from minisgl.scheduler.scheduler import Scheduler
 
+        kwargs.setdefault("device", auto_device())
+        kwargs.setdefault("attention_backend", auto_attention_backend(kwargs["device"]))
+        kwargs.setdefault("cuda_graph_max_bs", auto_cuda_graph_max_bs(kwargs["attention_backend"]))
+        if disable_overlap:
+            kwargs["overlap"] = False
+        self.tokenizer_path = tokenizer_path
         self.config = SchedulerConfig(model_path=model_path, **kwargs)
         self.scheduler = Scheduler(self.config)
         self._next_uid = 0
@@ -71,13 +84,15 @@ class LLM:
     def tokenizer(self):
         """The model directory's tokenizer, or None when it ships none (config-only
         --dummy-weight models: token-id prompts work, outputs carry no text)."""
-        from transformers import AutoTokenizer
+        from minisgl.models import TOKENIZER_FILES
+        from minisgl.tokenizer.worker import load_tokenizer
 
+        if self.tokenizer_path is not None:
+            return load_tokenizer(self.tokenizer_path)
         model_dir = self.scheduler.engine.model_dir
-        if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
-                                                       "tokenizer.model")):
+        if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
             return None
-        return AutoTokenizer.from_pretrained(str(model_dir))
+        return load_tokenizer(str(model_dir))
 
     def generate(self, prompts: Sequence[str] | Sequence[list[int]],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,

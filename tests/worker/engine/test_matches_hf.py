@@ -31,9 +31,10 @@ def hf_models(tiny_models):
             for a, d in tiny_models.items()}
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_mixed_batch_greedy_matches_hf(arch, tiny_models, hf_models):
-    llm = LLM(tiny_models[arch], dtype="float32")
+def test_mixed_batch_greedy_matches_hf(arch, overlap, tiny_models, hf_models):
+    llm = LLM(tiny_models[arch], dtype="float32", overlap=overlap)
     prompts = _prompts(1, 8, llm.scheduler.vocab_size)
     outs = llm.generate(prompts, GREEDY)
     for prompt, out in zip(prompts, outs):
@@ -41,9 +42,11 @@ def test_mixed_batch_greedy_matches_hf(arch, tiny_models, hf_models):
         assert out.finish_reason == "length"
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
 @pytest.mark.parametrize("page_size", [1, 4])
-def test_chunked_prefill_matches_hf(page_size, tiny_models, hf_models):
-    llm = LLM(tiny_models["qwen3"], dtype="float32", max_prefill_length=16, page_size=page_size)
+def test_chunked_prefill_matches_hf(page_size, overlap, tiny_models, hf_models):
+    llm = LLM(tiny_models["qwen3"], dtype="float32", max_prefill_length=16, page_size=page_size,
+              overlap=overlap)
     prompts = _prompts(2, 6, llm.scheduler.vocab_size, lo=20, hi=90)
     outs = llm.generate(prompts, GREEDY)
     for prompt, out in zip(prompts, outs):

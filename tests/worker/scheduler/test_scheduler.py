@@ -13,7 +13,20 @@ from minisgl.scheduler.scheduler import Scheduler
 from tests.helpers.pages import assert_no_leak
 
 
+_OVERLAP = {"on": False}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["sync", "overlap"])
+def overlap(request):
+    """Every scheduler test runs with and without overlap scheduling (launch step N+1
+    before processing step N), which on the CPU changes the order, not the result."""
+    _OVERLAP["on"] = request.param
+    yield request.param
+    _OVERLAP["on"] = False
+
+
 def make(model: str, **kw) -> Scheduler:
+    kw.setdefault("overlap", _OVERLAP["on"])
     return Scheduler(SchedulerConfig(model_path=model, dtype="float32", **kw))
 
 
@@ -187,7 +200,7 @@ def test_stats_report_queue_and_usage(tiny_llama):
 def test_offline_llm_stop_strings_cut_text_and_free_kv(tiny_llama):
     from minisgl import LLM
 
-    llm = LLM(tiny_llama, dtype="float32")
+    llm = LLM(tiny_llama, dtype="float32", overlap=_OVERLAP["on"])
     prompt = [5, 6, 7, 8]
     full = llm.generate([prompt], SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))[0]
     assert full.finish_reason == "length" and len(full.text) > 6

@@ -11,7 +11,7 @@ ALL_FLAGS = [
     "--num-tokenizer", "--attention-backend", "--cache-type", "--max-running-requests",
     "--memory-ratio", "--max-prefill-length", "--page-size", "--num-pages", "--dummy-weight",
     "--device", "--served-model-name", "--api-key", "--shutdown-timeout", "--log-level",
-    "--shell-mode",
+    "--shell-mode", "--tokenizer-path", "--disable-overlap",
 ]
 
 
@@ -41,7 +41,7 @@ def test_every_flag_reaches_the_args_and_the_scheduler_config(tmp_path, monkeypa
         "--memory-ratio", "0.5", "--max-prefill-length", "64", "--page-size", "4",
         "--num-pages", "100", "--dummy-weight", "--device", "cpu", "--served-model-name", "tiny",
         "--api-key", "sk-s3cret", "--shutdown-timeout", "3", "--log-level", "debug", "--shell-mode",
-        "--max-model-len", "256",
+        "--max-model-len", "256", "--tokenizer-path", "demo", "--disable-overlap",
     ])
     assert (a.tp_size, a.host, a.port, a.num_tokenizer, a.api_key) == (2, "0.0.0.0", 8000, 3, "sk-s3cret")
     assert a.model_name == "tiny" and a.shell_mode and a.shutdown_timeout == 3.0
@@ -51,6 +51,8 @@ def test_every_flag_reaches_the_args_and_the_scheduler_config(tmp_path, monkeypa
     assert (c.page_size, c.num_pages, c.memory_ratio, c.max_prefill_length) == (4, 100, 0.5, 64)
     assert (c.dtype, c.device, c.dummy_weight, c.max_model_len) == ("float32", "cpu", True, 256)
     assert c.dist_init_method.startswith("file://")
+    assert a.tokenizer_path == "demo" and c.overlap is False and not c.use_overlap
+    assert parse_args(["--model-path", "demo", "--device", "cpu"]).to_scheduler_config(0).overlap is None
     assert dataclasses.replace(c, tp_rank=0) == a.to_scheduler_config(0, c.dist_init_method)
 
 
@@ -72,6 +74,7 @@ def test_api_key_from_the_environment(monkeypatch):
     (["--cache-type", "lru"], "--cache-type"),
     (["--attention-backend", "bogus"], "--attention-backend"),
     (["--max-prefill-length", "4"], "--max-prefill-length"),
+    (["--tokenizer-path", "/nonexistent/tok"], "--tokenizer-path"),
 ])
 def test_invalid_values_fail_with_a_one_line_reason(argv, reason, capsys):
     base = ["--model-path", "demo", "--device", "cpu"]
@@ -96,3 +99,16 @@ def test_abbreviated_flags_are_rejected():
 
     with _pytest.raises(SystemExit):
         build_parser().parse_args(["--model-path", "demo", "--po", "9999"])
+
+
+def test_tokenizer_path_takes_a_tokenizer_only_directory(tmp_path):
+    import shutil
+
+    from minisgl.models import BUILTIN_MODELS
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(BUILTIN_MODELS["demo"] / name, tmp_path / name)
+    a = parse_args(["--model-path", "demo", "--device", "cpu", "--tokenizer-path", str(tmp_path)])
+    from minisgl.tokenizer.worker import load_tokenizer
+
+    assert load_tokenizer(a.tokenizer_path).encode("hello") == load_tokenizer("demo").encode("hello")

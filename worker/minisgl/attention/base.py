@@ -19,8 +19,15 @@ class AttentionBackend(ABC):
     layer-independent metadata in batch.attn_meta. forward(q, k, v, layer, batch) first
     writes k/v ([T, Hkv, D]) to the KV storage at batch.out_slots, then returns the
     attention output [T, H, D] for q ([T, H, D]), where token t of row b attends to
-    positions 0 .. prefix_lens[b] + (t's offset within the row).
+    positions 0 .. prefix_lens[b] + (t's offset within the row). The KV slots of row b's
+    positions are batch.slot_table[batch.state_slots[b], :seq_lens[b]].
+
+    Backends that can run inside a CUDA graph set supports_cuda_graph and implement
+    graph_wrapper(bs, max_pages) (decode state with fixed buffers for batch size bs) and
+    use_graph_wrapper(wrapper, batch) (plan that state for this batch before capture/replay).
     """
+
+    supports_cuda_graph = False
 
     def __init__(self, kv: KVStorage, num_heads: int, num_kv_heads: int, head_dim: int,
                  page_size: int = 1) -> None:
@@ -37,3 +44,9 @@ class AttentionBackend(ABC):
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
                 batch: Batch) -> torch.Tensor: ...
+
+    def graph_wrapper(self, bs: int, max_pages: int):
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
+
+    def use_graph_wrapper(self, wrapper, batch: Batch) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")

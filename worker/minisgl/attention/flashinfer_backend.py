@@ -15,39 +15,38 @@ from dataclasses import dataclass
 import torch
 
 from minisgl.attention.base import AttentionBackend
+from minisgl.engine.batch import upload
+from minisgl.engine.state import kv_indices
 
 WORKSPACE_BYTES = 256 << 20
 
 
 @dataclass
 class PageTable:
-    qo_indptr: torch.Tensor  # [B + 1] int32 cpu
+    qo_indptr: torch.Tensor  # [B + 1] int32 cpu (pinned on cuda)
     kv_indptr: torch.Tensor  # [B + 1] int32 cpu
-    indices: torch.Tensor  # [num_pages_in_batch] int32 device
+    indices: torch.Tensor  # [num_pages_in_batch] int32 device, gathered from the slot table
     last_page_len: torch.Tensor  # [B] int32 cpu
 
 
 def build_page_table(batch, page_size: int, device: torch.device) -> PageTable:
-    seq_lens = batch.seq_lens
-    seq = torch.tensor(seq_lens, dtype=torch.int32)
+    seq = torch.tensor(batch.seq_lens, dtype=torch.int32)
     pages = (seq + page_size - 1) // page_size
-    if page_size == 1:
-        idx = torch.cat([slots[:n] for slots, n in zip(batch.slot_lists, seq_lens)])
-    else:
-        idx = torch.cat([slots[: n * page_size : page_size]
-                         for slots, n in zip(batch.slot_lists, pages.tolist())]) // page_size
-    idx = idx.to(torch.int32)
     zero = torch.zeros(1, dtype=torch.int32)
     ext = torch.tensor(batch.extend_lens, dtype=torch.int32)
+    kv_indptr = torch.cat([zero, pages.cumsum(0, dtype=torch.int32)])
+    indices = kv_indices(batch, page_size, int(kv_indptr[-1]), upload(kv_indptr, device))
+    # Pinned host arrays: plan() copies them to the device without a pageable staging copy.
     return PageTable(
-        qo_indptr=torch.cat([zero, ext.cumsum(0, dtype=torch.int32)]),
-        kv_indptr=torch.cat([zero, pages.cumsum(0, dtype=torch.int32)]),
-        indices=idx.pin_memory().to(device, non_blocking=True),
-        last_page_len=seq - (pages - 1) * page_size,
+        qo_indptr=torch.cat([zero, ext.cumsum(0, dtype=torch.int32)]).pin_memory(),
+        kv_indptr=kv_indptr.pin_memory(),
+        indices=indices,
+        last_page_len=(seq - (pages - 1) * page_size).pin_memory(),
     )
 
 
 class FlashInferBackend(AttentionBackend):
+    supports_cuda_graph = True
     def __init__(self, kv, num_heads, num_kv_heads, head_dim, page_size=1, *,
                  prefill_backend: str = "auto", decode_with_prefill_kernel: bool = False) -> None:
         import flashinfer
@@ -66,6 +65,11 @@ class FlashInferBackend(AttentionBackend):
         self.active = None  # wrapper planned for the current step
         self.device = device
         self._graph_indices: torch.Tensor | None = None
+        # plan() writes a wrapper's pinned host buffer and copies it to the device
+        # asynchronously; with overlap scheduling the next plan() can come before that copy
+        # has run, so each plan waits for the previous one's copy (microseconds, not a step).
+        self._planned = torch.cuda.Event()
+        self._planned.record()
 
     def _decode_wrapper(self, **graph_options):
         gqa = self.num_heads // self.num_kv_heads
@@ -75,6 +79,7 @@ class FlashInferBackend(AttentionBackend):
     def _plan(self, wrapper, table: PageTable, decode: bool) -> None:
         dtype = self.kv.k.dtype
         common = dict(q_data_type=dtype, kv_data_type=dtype, sm_scale=self.scale)
+        self._planned.synchronize()
         if decode and not self.decode_with_prefill_kernel:
             wrapper.plan(table.kv_indptr, table.indices, table.last_page_len, self.num_heads,
                          self.num_kv_heads, self.head_dim, self.page_size, **common)
@@ -82,6 +87,7 @@ class FlashInferBackend(AttentionBackend):
             wrapper.plan(table.qo_indptr, table.kv_indptr, table.indices, table.last_page_len,
                          self.num_heads, self.num_kv_heads, self.head_dim, self.page_size,
                          causal=True, **common)
+        self._planned.record()
 
     def prepare(self, batch) -> None:
         table = build_page_table(batch, self.page_size, self.device)

@@ -29,9 +29,8 @@ class TorchBackend(AttentionBackend):
         q_max = max(batch.extend_lens)
         seq_lens = batch.seq_lens
         l_max = max(seq_lens)
-        table = torch.zeros(b, l_max, dtype=torch.int64)
-        for r, (s, slots) in enumerate(zip(seq_lens, batch.slot_lists)):
-            table[r, :s] = slots[:s]
+        # Entries past a row's seq_len are stale but valid slots: the mask hides them.
+        table = batch.slot_table[batch.state_slots, :l_max].long()  # [B, Lmax]
         prefix = torch.tensor(batch.prefix_lens, dtype=torch.int64)
         extend = torch.tensor(batch.extend_lens, dtype=torch.int64)
         row_of_token = torch.repeat_interleave(torch.arange(b), extend)
@@ -43,7 +42,7 @@ class TorchBackend(AttentionBackend):
         seq = (prefix + extend).view(b, 1, 1)
         mask = (t <= prefix.view(b, 1, 1) + j) & (t < seq)
         batch.attn_meta = TorchMeta(q_index=q_index.to(device), mask=mask.unsqueeze(1).to(device),
-                                    q_max=q_max, slot_table=table.to(device))
+                                    q_max=q_max, slot_table=table)
 
     def forward(self, q, k, v, layer, batch):
         meta: TorchMeta = batch.attn_meta

@@ -13,8 +13,9 @@ import torch
 from minisgl.attention import create_attention_backend
 from minisgl.config import EngineConfig
 from minisgl.distributed import init_tp_group
-from minisgl.engine.batch import Batch
+from minisgl.engine.batch import Batch, to_device
 from minisgl.engine.sampler import Sampler
+from minisgl.engine.state import RequestState
 from minisgl.kvcache.storage import KVStorage
 from minisgl.models import BUILTIN_MODELS, create_model, resolve_model_path
 from minisgl.models.config import ModelConfig
@@ -26,12 +27,38 @@ PROMPT_LOGPROB_BLOCK = 512  # positions per lm-head call when scoring prompts
 
 
 class ForwardOutput(NamedTuple):
-    # One entry per batch.sample_rows, on the CPU (one device->host copy per step).
+    # One entry per batch.sample_rows, on the CPU.
     token_ids: list[int]
     logprobs: list[float] | None
     top_logprobs: list[list[tuple[int, float]]] | None
     # row index -> logprobs of its prompt tokens computed this step (position p -> token p + 1)
     prompt_logprobs: dict[int, list[float]]
+
+
+class PendingForward:
+    """A launched step: its outputs are being copied to pinned host memory; result() waits
+    for that copy only (an event), never for work launched after it."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], prompt_rows: list[int]) -> None:
+        self._prompt_rows = prompt_rows
+        if any(t.is_cuda for t in tensors.values()):
+            self._host = {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                t, non_blocking=True) for k, t in tensors.items()}
+            self._event: torch.cuda.Event | None = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._event = tensors, None
+
+    def result(self) -> ForwardOutput:
+        if self._event is not None:
+            self._event.synchronize()
+        h = self._host
+        logprobs = h["logprobs"].tolist() if "logprobs" in h else None
+        top = None
+        if "top_ids" in h:
+            top = [list(zip(i, p)) for i, p in zip(h["top_ids"].tolist(), h["top_logprobs"].tolist())]
+        prompt = {r: h[f"prompt{r}"].tolist() for r in self._prompt_rows}
+        return ForwardOutput(h["token_ids"].tolist(), logprobs, top, prompt)
 
 
 class Engine:
@@ -60,14 +87,17 @@ class Engine:
         )
         self.sampler = Sampler(self.model_config.vocab_size, self.model_config.eos_token_ids,
                                self.device)
+        width = -(-self.max_model_len // config.page_size) * config.page_size
+        self.state = RequestState(config.max_running_requests, width,
+                                  scratch_slot=self.num_pages * config.page_size, device=self.device)
         logger.info("KV cache: %d pages of %d tokens (%.2f GiB)%s", self.num_pages, config.page_size,
                     2 * self.kv.k.numel() * self.kv.k.element_size() / 2**30, self._memory_note())
         self.graphs = None
-        if config.device == "cuda" and config.cuda_graph_max_bs > 0 and hasattr(self.attn, "graph_wrapper"):
+        if config.device == "cuda" and config.cuda_graph_max_bs > 0 and self.attn.supports_cuda_graph:
             from minisgl.engine.graph import GraphRunner
 
             with torch.inference_mode():
-                self.graphs = GraphRunner(self.model, self.attn, config.cuda_graph_max_bs,
+                self.graphs = GraphRunner(self.model, self.attn, self.state, config.cuda_graph_max_bs,
                                           scratch_slot=self.num_pages * config.page_size,
                                           max_pages=self._max_graph_pages(), device=self.device)
         logger.info("engine ready: %s %s on %s%s", self.model_config.architecture, self.dtype,
@@ -123,33 +153,38 @@ class Engine:
             pages = int(t.item())
         return pages
 
-    @torch.inference_mode()
     def forward_batch(self, batch: Batch) -> ForwardOutput:
+        """Run one step and wait for its outputs (the non-overlapped path)."""
+        return self.launch(batch).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: Batch) -> PendingForward:
+        """Enqueue one step (forward, sampling, copies to the host) without waiting for it."""
+        self.state.apply(batch)
+        prompt_lp: dict[str, torch.Tensor] = {}
         if self.graphs is not None and self.graphs.can_run(batch):
-            return self._sample(batch, self.graphs.run(batch), {})
-        self.attn.prepare(batch)
-        hidden = self.model(batch.input_ids, batch.positions, batch, self.attn)  # [T, hidden]
-        last = batch.last_token_index()
-        prompt_lp: dict[int, list[float]] = {}
-        for r in batch.prompt_logprob_rows:
-            prompt_lp[r] = self._prompt_logprobs(batch, r, hidden, last[r])
-        if not batch.sample_rows:
-            return ForwardOutput([], None, None, prompt_lp)
-        idx = torch.tensor([last[r] for r in batch.sample_rows], device=self.device)
-        return self._sample(batch, self.model.logits(hidden[idx]), prompt_lp)
+            logits = self.graphs.run(batch)
+        else:
+            self.attn.prepare(batch)
+            hidden = self.model(batch.input_ids, batch.positions, batch, self.attn)  # [T, hidden]
+            last = batch.last_token_index()
+            for r in batch.prompt_logprob_rows:
+                prompt_lp[f"prompt{r}"] = self._prompt_logprobs(batch, r, hidden, last[r])
+            logits = self.model.logits(hidden[batch.sample_index]) if batch.sample_rows else None
+        tensors = dict(prompt_lp)
+        if logits is None:
+            tensors["token_ids"] = torch.empty(0, dtype=torch.int64)
+        else:
+            out = self.sampler(logits, [batch.rows[r] for r in batch.sample_rows])
+            self.state.store_tokens(batch, out.token_ids)
+            tensors["token_ids"] = out.token_ids
+            if out.logprobs is not None:
+                tensors["logprobs"] = out.logprobs
+            if out.top_ids is not None:
+                tensors["top_ids"], tensors["top_logprobs"] = out.top_ids, out.top_logprobs
+        return PendingForward(tensors, list(batch.prompt_logprob_rows))
 
-    def _sample(self, batch: Batch, logits: torch.Tensor, prompt_lp: dict) -> ForwardOutput:
-        """logits [len(sample_rows), padded_vocab] f32 -> tokens (one host copy)."""
-        rows = [batch.rows[r] for r in batch.sample_rows]
-        out = self.sampler(logits, rows)
-        token_ids = out.token_ids.tolist()
-        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
-        top = None
-        if out.top_ids is not None:
-            top = [list(zip(i, p)) for i, p in zip(out.top_ids.tolist(), out.top_logprobs.tolist())]
-        return ForwardOutput(token_ids, logprobs, top, prompt_lp)
-
-    def _prompt_logprobs(self, batch: Batch, r: int, hidden: torch.Tensor, last: int) -> list[float]:
+    def _prompt_logprobs(self, batch: Batch, r: int, hidden: torch.Tensor, last: int) -> torch.Tensor:
         """Logprob of prompt token p + 1 given tokens <= p, for each new position p of row r
         whose successor is still in the prompt."""
         row = batch.rows[r]
@@ -157,14 +192,14 @@ class Engine:
         first_pos = batch.prefix_lens[r]
         n = min(batch.extend_lens[r], len(row.prompt_ids) - 1 - first_pos)
         if n <= 0:
-            return []
-        targets = torch.tensor(row.prompt_ids[first_pos + 1 : first_pos + 1 + n], device=self.device)
+            return torch.empty(0, device=self.device)
+        targets = to_device(row.prompt_ids[first_pos + 1 : first_pos + 1 + n], torch.int64, self.device)
         out = []
         for b in range(0, n, PROMPT_LOGPROB_BLOCK):  # bounded [block, vocab] f32 at a time
             logits = self.model.logits(hidden[start + b : start + min(n, b + PROMPT_LOGPROB_BLOCK)])
             t = targets[b : b + logits.shape[0]].unsqueeze(1)
             out.append((logits.gather(1, t) - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(1))
-        return torch.cat(out).tolist()
+        return torch.cat(out)  # [n] f32
 
     def shutdown(self) -> None:
         from minisgl.distributed import shutdown

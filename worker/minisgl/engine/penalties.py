@@ -13,22 +13,13 @@ import itertools
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
-if TYPE_CHECKING:
-    from minisgl.engine.sampler import SampleRow
+from minisgl.engine.batch import SampleRow, to_device
 
 logger = logging.getLogger(__name__)
-
-
-def to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Host list -> device tensor without blocking the host (pinned + non_blocking on CUDA)."""
-    if device.type == "cuda":
-        host = torch.tensor(values, dtype=dtype, pin_memory=True)
-        return host.to(device, non_blocking=True)
-    return torch.tensor(values, dtype=dtype, device=device)
 
 
 @dataclass

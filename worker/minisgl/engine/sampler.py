@@ -11,25 +11,16 @@ log_softmax of the raw logits (before penalties and temperature), as vLLM report
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
-from minisgl.engine.penalties import TokenHistory, apply_min_tokens, apply_penalties, to_device
-from minisgl.sampling_params import SamplingParams
+from minisgl.engine.batch import SampleRow, to_device
+from minisgl.engine.penalties import TokenHistory, apply_min_tokens, apply_penalties
 
 logger = logging.getLogger(__name__)
 
 _SEED_MASK = (1 << 64) - 1
-
-
-class SampleRow(Protocol):
-    """What the sampler reads from a scheduler request."""
-
-    params: SamplingParams
-    output_ids: list[int]  # tokens generated so far (excludes the prompt)
-    prompt_ids: list[int]
-    generator: torch.Generator | None  # make_generator(seed, device) when params.seed is set
 
 
 class SamplerOutput(NamedTuple):

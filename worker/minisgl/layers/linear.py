@@ -118,10 +118,18 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, dim] -> [N, padded_vocab] float32 (columns >= vocab are -inf)."""
-        local = F.linear(hidden, self.weight).float()
-        full = self.tp.all_gather_last_dim(local)
+    def logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, dim] -> [N, padded_vocab] float32 (columns >= vocab are -inf), into out if given.
+
+        On CUDA with one rank the GEMM writes float32 directly (no half-precision logits
+        tensor and no full-vocab conversion copy)."""
+        if hidden.is_cuda and hidden.dtype != torch.float32 and self.tp.size == 1:
+            full = torch.mm(hidden, self.weight.t(), out_dtype=torch.float32,
+                            **({"out": out} if out is not None else {}))
+        else:
+            full = self.tp.all_gather_last_dim(F.linear(hidden, self.weight).float())
+            if out is not None:
+                full = out.copy_(full)
         if self.padded_vocab > self.vocab:
             full[:, self.vocab :] = float("-inf")
         return full

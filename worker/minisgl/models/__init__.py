@@ -36,6 +36,20 @@ def resolve_model_path(model_path: str, weights: bool = True) -> Path:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def resolve_tokenizer_path(path: str) -> Path:
+    """A directory with tokenizer files (no config.json needed), or anything resolve_model_path takes."""
+    local = Path(path).expanduser()
+    if path not in BUILTIN_MODELS and any((local / f).is_file() for f in TOKENIZER_FILES):
+        return local
+    try:
+        return resolve_model_path(path, weights=False)
+    except ValueError as e:
+        raise ValueError(f"--tokenizer-path {path!r}: no tokenizer files there ({e})") from e
+
+
 def _from_hub(repo_id: str, weights: bool) -> Path:
     from huggingface_hub import snapshot_download
 

@@ -134,8 +134,8 @@ class CausalLM(nn.Module):
             h, residual = layer(h, residual, positions, batch, attn)
         return self.norm(h, residual)[0]
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.logits(hidden)  # [N, padded_vocab] f32
+    def logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lm_head.logits(hidden, out)  # [N, padded_vocab] f32
 
     def load_weight(self, hf_name: str, tensor: torch.Tensor) -> None:
         if "rotary_emb" in hf_name:

@@ -32,8 +32,11 @@ def _pages(tokens: int, page_size: int) -> int:
 
 
 class CacheManager:
-    def __init__(self, num_pages: int, page_size: int, cache_type: str) -> None:
+    def __init__(self, num_pages: int, page_size: int, cache_type: str, max_requests: int,
+                 table_width: int) -> None:
         self.page_size = page_size
+        self.table_width = table_width
+        self._free_states = list(range(max_requests - 1, -1, -1))  # engine state rows
         self.pool = PagePool(num_pages, page_size)
         self.cache = create_prefix_cache(cache_type, page_size)
         self.shares = cache_type != "naive"
@@ -62,6 +65,8 @@ class CacheManager:
         else:
             # A fresh request leaves at least one prompt token to compute.
             lookup = req.tokens(0, req.fill_target - (0 if req.output_ids else 1))
+        if not self._free_states:
+            return False
         match = self.cache.match(lookup)
         self.cache.lock(match.handle)
         matched = int(match.slots.shape[0])
@@ -73,7 +78,8 @@ class CacheManager:
             self.cache.unlock(match.handle)
             return False
         req.slots, req.handle = match.slots.clone(), match.handle
-        req.kv_len = req.matched_len = matched
+        req.kv_len = req.kv_committed = req.matched_len = matched
+        req.state_slot, req.table_synced = self._free_states.pop(), 0
         if req.num_preemptions == 0:
             req.num_cached = matched
         req.reserved_pages = need
@@ -126,13 +132,17 @@ class CacheManager:
         n = int(match.slots.shape[0])
         req.slots[:n] = match.slots
         req.handle, req.matched_len = match.handle, n
+        req.table_synced = 0  # the leading slots changed
 
     def release(self, req: Req) -> None:
         """Request finished or aborted: keep its KV as a cached prefix, free the rest."""
         if not req.admitted:
             return
-        # Leading slots that stay with the prefix cache; every slot after them is freed.
-        kept = self._store(req, req.tokens(0, req.kv_len)) if self.shares else 0
+        # Leading slots that stay with the prefix cache (committed KV only: a launched step
+        # may still be writing later positions); every slot after them is freed. A slot
+        # freed while a launched step writes it is safe: its next owner's writes come in a
+        # later step on the same stream.
+        kept = self._store(req, req.tokens(0, req.kv_committed)) if self.shares else 0
         kept = max(kept, req.matched_len)
         if req.slots.shape[0] > kept:
             self.pool.free_slots(req.slots[kept:])
@@ -142,7 +152,22 @@ class CacheManager:
         req.admitted = False
         req.slots = req.slots[:0]
         req.handle = None
-        req.kv_len = req.matched_len = 0
+        req.kv_len = req.kv_committed = req.matched_len = req.inflight = 0
+        self._free_states.append(req.state_slot)
+        req.state_slot = -1
+
+    def table_updates(self, reqs: list[Req]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Slot-table entries the engine lacks for reqs: (flat index, slot) int64 CPU tensors."""
+        dest: list[torch.Tensor] = []
+        vals: list[torch.Tensor] = []
+        for req in reqs:
+            n = int(req.slots.shape[0])
+            if req.table_synced < n:
+                base = req.state_slot * self.table_width
+                dest.append(torch.arange(base + req.table_synced, base + n))
+                vals.append(req.slots[req.table_synced :])
+                req.table_synced = n
+        return (torch.cat(dest), torch.cat(vals)) if dest else None
 
     def stats(self) -> tuple[int, int]:
         return self.active_pages, self.pool.num_total

@@ -58,7 +58,7 @@ class PrefillManager:
         skipped: list[Req] = []
         while self.waiting and budget > 0 and num_running < self.max_running:
             req = self.waiting[0]
-            if req.parent is not None and req.parent.admitted and not req.parent.prefill_done:
+            if req.parent is not None and req.parent.admitted and not req.parent.committed_prefill:
                 skipped.append(self.waiting.popleft())  # sibling waits for the shared prompt
                 continue
             if not self.cache.try_admit(req):

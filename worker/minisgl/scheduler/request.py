@@ -22,7 +22,11 @@ class Req:
     output_ids: list[int] = field(default_factory=list)
     # KV bookkeeping (see CacheManager)
     slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    kv_len: int = 0  # tokens whose K/V is stored
+    kv_len: int = 0  # positions whose K/V is stored or being written by a launched step
+    kv_committed: int = 0  # positions whose step has been processed (what the radix cache may take)
+    inflight: int = 0  # tokens sampled by launched steps whose results are not processed yet
+    state_slot: int = -1  # row of the engine's per-request device state while admitted
+    table_synced: int = 0  # leading slots already written to the engine's slot table
     matched_len: int = 0  # leading slots owned by the prefix cache
     num_cached: int = 0  # prompt tokens served from the prefix cache at admission
     handle: object = None  # locked prefix-cache node
@@ -48,6 +52,15 @@ class Req:
     @property
     def prefill_done(self) -> bool:
         return self.kv_len >= self.fill_target
+
+    @property
+    def committed_prefill(self) -> bool:
+        return self.kv_committed >= self.fill_target
+
+    @property
+    def num_tokens_launched(self) -> int:
+        """Outputs including those still in flight."""
+        return len(self.output_ids) + self.inflight
 
     @property
     def max_total_len(self) -> int:

@@ -2,6 +2,14 @@
 
 Continuous batching, prefill first: each step runs either one prefill batch (chunked
 under --max-prefill-length) or one decode batch of every running request.
+
+Overlap (on CUDA): step() launches step N+1 before it processes step N's results, so the
+CPU's scheduling and batch building hide behind the GPU. Requests advance (kv_len,
+inflight) when a step is launched and commit (kv_committed, output_ids) when it is
+processed; decode inputs not yet on the host come from the engine's device state. A
+request that finishes at step N has one speculative token in step N+1, dropped on
+processing. Steps whose rows need the exact output history on the host (penalties,
+min_tokens) or a preemption process the in-flight step first.
 """
 
 from __future__ import annotations
@@ -11,11 +19,12 @@ import time
 
 from minisgl.config import SchedulerConfig
 from minisgl.engine.batch import Batch
-from minisgl.engine.engine import Engine, ForwardOutput
+from minisgl.engine.engine import Engine, ForwardOutput, PendingForward
 from minisgl.engine.sampler import make_generator
 from minisgl.errors import ContextTooLong, InvalidRequest
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.cache import CacheManager
+from minisgl.scheduler.decode import DecodeManager, NeedSync
 from minisgl.scheduler.prefill import PrefillManager
 from minisgl.scheduler.request import Req
 from minisgl.scheduler.types import SchedulerStats, TokenOutput
@@ -30,15 +39,22 @@ class Scheduler:
         self.max_model_len = self.engine.max_model_len
         self.vocab_size = self.engine.model_config.vocab_size
         self.eos_token_ids = list(self.engine.model_config.eos_token_ids)
-        self.cache = CacheManager(self.engine.num_pages, config.page_size, config.cache_type)
+        self.cache = CacheManager(self.engine.num_pages, config.page_size, config.cache_type,
+                                  config.max_running_requests, self.engine.state.width)
         self.prefill = PrefillManager(self.cache, config.max_prefill_length,
                                       config.max_running_requests)
-        self.running: list[Req] = []
+        self.decode = DecodeManager(self.cache, self.prefill, self.max_model_len)
+        if config.device == "cuda":  # compile every kernel before the first request
+            from minisgl.engine.warmup import warm_up
+
+            warm_up(self.engine, config.max_prefill_length)
+        self.overlap = config.use_overlap
+        self.running: list[Req] = []  # admitted requests
         self._pending: list[TokenOutput] = []
+        self._in_flight: tuple[Batch, PendingForward] | None = None
         self._live_uids: set[int] = set()
         self._hit_tokens = 0
         self._query_tokens = 0
-        self._preemptions = 0
         self.last_step_time = time.time()
 
     # ---- requests in -------------------------------------------------------------------
@@ -72,28 +88,51 @@ class Scheduler:
     def abort(self, uid: int, index: int | None = None) -> None:
         """Abort every choice of uid, or only choice `index` (n > 1 stop strings)."""
         reqs = self.prefill.remove(uid, index) + [
-            r for r in self.running if r.uid == uid and index in (None, r.index)]
+            r for r in self.running if r.uid == uid and not r.finished and index in (None, r.index)]
         for req in reqs:
             self._pending.append(self._finish(req, "abort"))
-        self.running = [r for r in self.running if not r.finished]
+        self.running = [r for r in self.running if r.admitted]
 
     # ---- one step ----------------------------------------------------------------------
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self.prefill.waiting or self._pending)
+        return bool(self.running or self.prefill.waiting or self._pending or self._in_flight)
 
     def step(self) -> list[TokenOutput]:
+        """Launch the next batch; return the outputs of the previous one (overlap) or of this one."""
         outputs, self._pending = self._pending, []
-        batch = self._schedule()
-        if batch is None:
-            return outputs
-        result = self.engine.forward_batch(batch)
-        outputs += self._process(batch, result)
-        self.running = [r for r in self.running if not r.finished]
+        if self._in_flight is not None and self._needs_history():
+            outputs += self._finish_in_flight()
+        try:
+            batch = self._schedule(in_flight=self._in_flight is not None)
+        except NeedSync:
+            outputs += self._finish_in_flight()
+            batch = self._schedule(in_flight=False)
+        previous, self._in_flight = self._in_flight, None
+        if batch is not None:
+            self._in_flight = (batch, self.engine.launch(batch))
+        if previous is not None:
+            outputs += self._commit(*previous)
+        if not self.overlap and self._in_flight is not None:
+            outputs += self._finish_in_flight()
         self.last_step_time = time.time()
         return outputs
 
-    def _schedule(self) -> Batch | None:
+    def _finish_in_flight(self) -> list[TokenOutput]:
+        previous, self._in_flight = self._in_flight, None
+        return self._commit(*previous)
+
+    def _commit(self, batch: Batch, pending: PendingForward) -> list[TokenOutput]:
+        outputs = self._process(batch, pending.result())
+        self.running = [r for r in self.running if r.admitted]  # drop finished requests
+        return outputs
+
+    def _needs_history(self) -> bool:
+        """Penalties and min_tokens read every output token on the host: no step may be in flight."""
+        return any(r.params.needs_penalties or len(r.output_ids) < r.params.min_tokens
+                   for r in self.running)
+
+    def _schedule(self, in_flight: bool) -> Batch | None:
         plan = self.prefill.schedule(self.running)
         if plan is not None:
             now = time.time()
@@ -108,61 +147,54 @@ class Scheduler:
                       if not r.output_ids and r.kv_len + n >= r.prompt_len and r.params.max_tokens > 0]
             lp_rows = [i for i, r in enumerate(plan.reqs)
                        if r.params.prompt_logprobs and not r.output_ids]
-            return Batch.build(
-                "prefill", plan.reqs,
-                [r.tokens(r.kv_len, r.kv_len + n) for r, n in zip(plan.reqs, plan.chunks)],
-                [r.kv_len for r in plan.reqs], [r.slots for r in plan.reqs], sample,
-                self.engine.device, lp_rows,
+            batch = Batch.build(
+                phase="prefill", rows=plan.reqs,
+                token_chunks=[r.tokens(r.kv_len, r.kv_len + n) for r, n in zip(plan.reqs, plan.chunks)],
+                prefix_lens=[r.kv_len for r in plan.reqs],
+                state_slots=[r.state_slot for r in plan.reqs], sample_rows=sample,
+                table_updates=self.cache.table_updates(plan.reqs), device=self.engine.device,
+                prompt_logprob_rows=lp_rows,
             )
-        decode: list[Req] = []
-        for req in [r for r in self.running if r.prefill_done and not r.finished]:
-            if req.admitted and self._make_room(req, decode):
-                decode.append(req)
-        if not decode:
-            return None
-        return Batch.build(
-            "decode", decode, [[r.output_ids[-1]] for r in decode], [r.kv_len for r in decode],
-            [r.slots for r in decode], list(range(len(decode))), self.engine.device,
-        )
-
-    def _make_room(self, req: Req, keep: list[Req]) -> bool:
-        """Give req a slot for its next token, preempting the most recently admitted other
-        requests (never those in `keep`) while the pool is short. False: req itself was."""
-        while not self.cache.ensure_slots(req, req.kv_len + 1):
-            victims = [r for r in self.running if r.admitted and r is not req and r not in keep]
-            victim = victims[-1] if victims else req
-            self._preempt(victim)
-            if victim is req:
-                return False
-        return True
-
-    def _preempt(self, req: Req) -> None:
-        """Free req's pages (its KV stays in the prefix cache) and queue it for recompute."""
-        self.cache.release(req)
-        req.num_preemptions += 1
-        self._preemptions += 1
-        self.running = [r for r in self.running if r is not req]
-        self.prefill.requeue(req)
-        logger.info("preempted request %d (%d tokens) under KV pressure", req.uid,
-                    req.prompt_len + len(req.output_ids))
+        else:
+            rows = self.decode.select(self.running, in_flight)
+            self.running = [r for r in self.running if r.admitted]  # drop preempted requests
+            if not rows:
+                return None
+            # A row whose last token is still in flight reads it from the device.
+            batch = Batch.build(
+                phase="decode", rows=rows,
+                token_chunks=[[r.output_ids[-1] if not r.inflight else 0] for r in rows],
+                from_gpu=[r.inflight > 0 for r in rows], prefix_lens=[r.kv_len for r in rows],
+                state_slots=[r.state_slot for r in rows], sample_rows=list(range(len(rows))),
+                table_updates=self.cache.table_updates(rows), device=self.engine.device,
+            )
+        for req, n in zip(batch.rows, batch.extend_lens):
+            req.kv_len += n
+        for r in batch.sample_rows:
+            batch.rows[r].inflight += 1
+        return batch
 
     def _process(self, batch: Batch, result: ForwardOutput) -> list[TokenOutput]:
         outputs: list[TokenOutput] = []
         sampled = {row: k for k, row in enumerate(batch.sample_rows)}
         for b, req in enumerate(batch.rows):
-            was_done = req.prefill_done
-            req.kv_len += batch.extend_lens[b]
+            if req.finished:  # ended while this step was in flight: its token is dropped
+                continue
+            target = req.fill_target
+            was_filled = req.kv_committed >= target
+            req.kv_committed += batch.extend_lens[b]
             if b in result.prompt_logprobs:
                 if req.prompt_logprobs is None:
                     req.prompt_logprobs = [None]
                 req.prompt_logprobs += result.prompt_logprobs[b]
-            if not was_done and req.prefill_done:
+            if not was_filled and req.kv_committed >= target:
                 self.cache.cache_prompt(req)
             if b not in sampled:
-                if req.prefill_done and req.params.max_tokens == 0:
+                if req.committed_prefill and req.params.max_tokens == 0:
                     outputs.append(self._finish(req, "length"))
                 continue
             k = sampled[b]
+            req.inflight -= 1
             out = self._output(req, result.token_ids[k])
             if result.logprobs is not None:
                 out.logprob = result.logprobs[k]
@@ -219,8 +251,9 @@ class Scheduler:
             num_running=len(self.running), num_waiting=len(self.prefill.waiting),
             kv_used_pages=used, kv_total_pages=total, prefix_hit_tokens_total=self._hit_tokens,
             prefix_query_tokens_total=self._query_tokens, last_step_time=self.last_step_time,
-            has_work=self.has_work, extra={"preemptions_total": self._preemptions},
+            has_work=self.has_work, extra={"preemptions_total": self.decode.num_preemptions},
         )
 
     def shutdown(self) -> None:
+        self._in_flight = None
         self.engine.shutdown()

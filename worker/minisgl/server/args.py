@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from dataclasses import dataclass, field
 
-from minisgl.config import ATTENTION_BACKENDS, CACHE_TYPES, DTYPES, SchedulerConfig
+from minisgl.config import (ATTENTION_BACKENDS, CACHE_TYPES, DTYPES, SchedulerConfig, auto_attention_backend,
+                            auto_cuda_graph_max_bs, auto_device)
 
 ENV_API_KEY = "MINISGL_API_KEY"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -16,6 +16,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 @dataclass(frozen=True)
 class ServerArgs:
     model_path: str
+    tokenizer_path: str | None = None  # None: the model directory's tokenizer
     dtype: str = "auto"
     tp_size: int = 1
     host: str = "127.0.0.1"
@@ -31,6 +32,7 @@ class ServerArgs:
     max_model_len: int | None = None
     cuda_graph_max_bs: int | None = None  # None: 256 on cuda with FlashInfer, else 0
     dummy_weight: bool = False
+    disable_overlap: bool = False
     device: str = "auto"  # resolved by `resolved_device`
     seed: int = 0
     served_model_name: str | None = None
@@ -53,6 +55,10 @@ class ServerArgs:
         from minisgl.models import resolve_model_path
 
         resolve_model_path(self.model_path, weights=not self.dummy_weight)  # ValueError names the problem
+        if self.tokenizer_path is not None:
+            from minisgl.models import resolve_tokenizer_path
+
+            resolve_tokenizer_path(self.tokenizer_path)
         # Everything the engine checks (dtype, tp size, backend vs device, ...), checked now.
         self.to_scheduler_config(0, dist_init_method="file:///validate")
 
@@ -62,28 +68,19 @@ class ServerArgs:
 
     @property
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return auto_device() if self.device == "auto" else self.device
 
     @property
     def resolved_attention_backend(self) -> str:
         if self.attention_backend != "auto":
             return self.attention_backend
-        if self.resolved_device == "cuda" and importlib.util.find_spec("flashinfer"):
-            import torch
-
-            # Hopper: FA3-template prefill + FlashInfer decode, as Mini-SGLang defaults to.
-            return "fa3,fi" if torch.cuda.get_device_capability()[0] == 9 else "fi"
-        return "torch"
+        return auto_attention_backend(self.resolved_device)
 
     @property
     def resolved_cuda_graph_max_bs(self) -> int:
         if self.cuda_graph_max_bs is not None:
             return self.cuda_graph_max_bs
-        return 256 if self.resolved_attention_backend != "torch" else 0
+        return auto_cuda_graph_max_bs(self.resolved_attention_backend)
 
     def to_scheduler_config(self, rank: int, dist_init_method: str | None = None) -> SchedulerConfig:
         return SchedulerConfig(
@@ -104,6 +101,7 @@ class ServerArgs:
             cache_type=self.cache_type,
             max_running_requests=self.max_running_requests,
             max_prefill_length=self.max_prefill_length,
+            overlap=False if self.disable_overlap else None,
         )
 
 
@@ -130,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model-path", required=True,
                    help="directory with config.json, safetensors and tokenizer, or 'demo'")
+    m.add_argument("--tokenizer-path",
+                   help="tokenizer directory (default: --model-path's); e.g. for --dummy-weight "
+                        "runs of a config-only model directory")
     m.add_argument("--dtype", default=d["dtype"].default, choices=DTYPES,
                    help="weight and activation dtype; auto: from the model config")
     m.add_argument("--dummy-weight", action="store_true",
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cuda-graph-max-bs", type=int, default=None,
                    help="largest decode batch captured in a CUDA graph; 0 disables them "
                         "(default: 256 with a FlashInfer backend on cuda, else 0)")
+    e.add_argument("--disable-overlap", action="store_true",
+                   help="run each step to completion before scheduling the next (overlap "
+                        "scheduling is on by default on cuda)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed for unseeded requests")
     s = p.add_argument_group("server")
     s.add_argument("--host", default=d["host"].default, help="address to listen on")

@@ -8,6 +8,7 @@ SchedulerStats for /metrics and /health.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -31,6 +32,19 @@ class _Failed:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+def merge_chunks(a: ReplyChunk, b: ReplyChunk) -> ReplyChunk:
+    """b following a (same choice) as one chunk."""
+    def cat(x, y):
+        return None if x is None and y is None else (x or []) + (y or [])
+
+    return dataclasses.replace(
+        b, text=a.text + b.text, token_ids=a.token_ids + b.token_ids,
+        logprobs=cat(a.logprobs, b.logprobs), top_logprobs=cat(a.top_logprobs, b.top_logprobs),
+        prompt_token_ids=a.prompt_token_ids if a.prompt_token_ids is not None else b.prompt_token_ids,
+        prompt_logprobs=a.prompt_logprobs if a.prompt_logprobs is not None else b.prompt_logprobs,
+        queue_time_s=a.queue_time_s if a.queue_time_s is not None else b.queue_time_s)
 
 
 class FrontendManager:
@@ -123,15 +137,24 @@ class FrontendManager:
             self._queues.pop(uid, None)
             raise InvalidRequest(f"the request cannot be encoded: {exc}", param="prompt") from exc
         remaining = params.n
+        held = None  # an item taken while coalescing that belongs to the next yield
         try:
             while remaining:
-                item = await queue.get()
+                item, held = (held, None) if held is not None else (await queue.get(), None)
                 if isinstance(item, ErrorMsg):
                     remaining = 0  # never registered downstream: nothing to abort
                     raise item.to_exception()
                 if isinstance(item, _Failed):
                     remaining = 0
                     raise ServiceUnavailable(item.reason)
+                # A consumer that fell behind (many streams, one event loop) gets the queued
+                # tokens of a choice as one chunk: one SSE event instead of one per token.
+                while not item.finished and not queue.empty():
+                    nxt = queue.get_nowait()
+                    if not isinstance(nxt, ReplyChunk) or nxt.index != item.index:
+                        held = nxt
+                        break
+                    item = merge_chunks(item, nxt)
                 if item.finished:
                     remaining -= 1
                 yield item

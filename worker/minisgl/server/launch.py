@@ -118,18 +118,27 @@ def start_children(args: ServerArgs, endpoints: Endpoints, children: Children) -
     settings = {"detokenizer": children.ctx.SimpleQueue()}
     children.spawn("detokenizer", detokenizer_main, DetokenizerSpec(
         args.model_path, endpoints.detokenizer, endpoints.scheduler, endpoints.frontend,
-        args.log_level), settings["detokenizer"])
+        args.log_level, args.tokenizer_path), settings["detokenizer"])
     for i in range(args.num_tokenizer):
         name = f"tokenizer{i}"
         settings[name] = children.ctx.SimpleQueue()
         children.spawn(name, tokenizer_main, TokenizerSpec(
             i, args.model_path, endpoints.tokenizer(i), endpoints.detokenizer,
-            endpoints.frontend, args.log_level), settings[name])
+            endpoints.frontend, args.log_level, args.tokenizer_path), settings[name])
     info = children.wait_acks(schedulers)["scheduler0"]
     for q in settings.values():
         q.put(info)
     children.wait_acks(list(settings))
     return info
+
+
+def _use_uvloop() -> None:
+    """uvloop's event loop where installed: the API process's per-chunk overhead is its loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 class _Server(uvicorn.Server):
@@ -261,12 +270,13 @@ def launch(args: ServerArgs) -> int:
         from minisgl.server.frontend import FrontendManager
         from minisgl.tokenizer.worker import load_tokenizer
 
-        tokenizer = loader.submit(load_tokenizer, args.model_path)  # while the children start
+        tokenizer = loader.submit(load_tokenizer, args.tokenizer_path or args.model_path)  # while the children start
         info = start_children(args, endpoints, children)
         frontend = FrontendManager(endpoints, args.model_name, int(info["max_model_len"]),
                                    tokenizer.result())
         supervisor = Supervisor(args, children, frontend)
         serve = _serve_shell if args.shell_mode else _serve_http
+        _use_uvloop()
         asyncio.run(serve(args, frontend, supervisor))
         return supervisor.exit_code
     except StartupError as exc:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+import orjson
+
 from minisgl.errors import ContextTooLong, InvalidRequest
 from minisgl.sampling_params import SamplingParams
 from minisgl.server.generation import GenerationRun
@@ -115,8 +117,12 @@ def build_chat(req: ChatCompletionRequest, tokenizer, max_model_len: int
 
 
 def sse(obj: dict | str) -> bytes:
-    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()
+    if isinstance(obj, str):
+        return f"data: {obj}\n\n".encode()
+    try:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+    except TypeError:  # e.g. an int beyond 64 bits: the standard library copes
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
 @dataclass

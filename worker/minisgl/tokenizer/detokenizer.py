@@ -129,6 +129,7 @@ class DetokenizerSpec:
     scheduler: str
     frontend: str
     log_level: str = "info"
+    tokenizer_path: str | None = None  # None: the model's own
 
 
 def detokenizer_main(spec: DetokenizerSpec, ack_queue: Any, settings: Any) -> None:
@@ -143,7 +144,7 @@ def _serve(spec: DetokenizerSpec, ack: Callable[[dict], None], settings: Any) ->
     from minisgl.tokenizer.worker import TokenizeManager, load_tokenizer, model_vocab_size
     from minisgl.utils.zmq import PullQueue, PushQueue
 
-    tokenizer = load_tokenizer(spec.model_path)
+    tokenizer = load_tokenizer(spec.tokenizer_path or spec.model_path)
     vocab_size = model_vocab_size(spec.model_path)
     info = settings.get()
     tokenize = TokenizeManager(tokenizer, int(info["max_model_len"]), vocab_size)

@@ -22,13 +22,14 @@ logger = logging.getLogger(__name__)
 AUTO_MAX_TOKENS = "auto_max_tokens"
 
 
-def load_tokenizer(model_path: str) -> Any:
-    """The model's Hugging Face tokenizer ('demo' and other built-in names resolve to our files)."""
+def load_tokenizer(path: str) -> Any:
+    """The Hugging Face tokenizer of a model directory, a tokenizer-only directory or a
+    built-in name ('demo' resolves to our files)."""
     from transformers import AutoTokenizer
 
-    from minisgl.models import resolve_model_path
+    from minisgl.models import resolve_tokenizer_path
 
-    return AutoTokenizer.from_pretrained(str(resolve_model_path(model_path)))
+    return AutoTokenizer.from_pretrained(str(resolve_tokenizer_path(path)))
 
 
 def model_vocab_size(model_path: str) -> int | None:
@@ -95,6 +96,7 @@ class TokenizerSpec:
     detokenizer: str
     frontend: str
     log_level: str = "info"
+    tokenizer_path: str | None = None  # None: the model's own
 
 
 def tokenizer_main(spec: TokenizerSpec, ack_queue: Any, settings: Any) -> None:
@@ -109,7 +111,7 @@ def tokenizer_main(spec: TokenizerSpec, ack_queue: Any, settings: Any) -> None:
 def _serve(spec: TokenizerSpec, ack: Callable[[dict], None], settings: Any) -> None:
     from minisgl.utils.zmq import PullQueue, PushQueue
 
-    tokenizer = load_tokenizer(spec.model_path)
+    tokenizer = load_tokenizer(spec.tokenizer_path or spec.model_path)
     vocab_size = model_vocab_size(spec.model_path)
     manager = TokenizeManager(tokenizer, int(settings.get()["max_model_len"]), vocab_size)
     inbox: PullQueue[TokenizeMsg | AbortMsg] = PullQueue(spec.listen, bind=True)

@@ -1,0 +1,60 @@
+"""Warm-up before the server reports ready: every kernel the first traffic will need is
+compiled (FlashInfer JIT modules, Triton autotuning) and cached by one throwaway run each.
+
+Without it the first burst after /ready waits for JIT compilation (over a minute on a fresh
+machine). Warm-up batches read and write only the scratch KV slot (the engine state's pad
+row), so they touch no request's KV and leave the prefix cache empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from minisgl.engine.batch import Batch
+from minisgl.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Row:
+    """A SampleRow that no request owns."""
+
+    params: SamplingParams
+    prompt_ids: list[int] = field(default_factory=lambda: [0])
+    output_ids: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+
+def warm_up(engine, max_prefill_tokens: int) -> None:
+    """Run a full-size prefill chunk, a multi-row prefill over a cached prefix, decode
+    without graphs, and the sampling kernels once each, logging each phase's time."""
+    state = engine.state
+    pad = state.pad_slot
+    chunk = max(1, min(max_prefill_tokens, state.width - 1))
+    greedy = SamplingParams(max_tokens=1, temperature=0.0)
+    sampled = SamplingParams(max_tokens=1, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05)
+
+    def run(name: str, rows: list[_Row], chunks: list[list[int]], prefixes: list[int]) -> None:
+        start = time.perf_counter()
+        batch = Batch.build(phase="prefill" if any(len(c) > 1 for c in chunks) else "decode",
+                            rows=rows, token_chunks=chunks, prefix_lens=prefixes,
+                            state_slots=[pad] * len(rows), sample_rows=list(range(len(rows))),
+                            device=engine.device)
+        engine.launch(batch).result()
+        logger.info("warm-up %s: %.2f s", name, time.perf_counter() - start)
+
+    run(f"prefill of {chunk} tokens", [_Row(greedy)], [[0] * chunk], [0])
+    half = max(1, chunk // 4)
+    run("prefill over cached prefixes, sampled", [_Row(greedy), _Row(sampled)],
+        [[0] * half, [0] * half], [half, 1])
+    graph_max = engine.graphs.max_bs if engine.graphs is not None else 0
+    bs = min(state.num_slots, max(graph_max + 1, 4))  # past the graphs: the eager decode path
+    run(f"eager decode of {bs} rows", [_Row(greedy if i % 2 else sampled) for i in range(bs)],
+        [[0]] * bs, [1] * bs)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
