@@ -43,14 +43,6 @@ class Options:
     service_monitor_api: bool = False  # monitoring.coreos.com/v1 servicemonitors is served
 
 
-def _settled(deployment: Mapping) -> bool:
-    st = deployment.get("status") or {}
-    want = (deployment.get("spec") or {}).get("replicas", 1)
-    return ((st.get("observedGeneration") or 0) >= (deployment["metadata"].get("generation") or 0)
-            and (st.get("updatedReplicas") or 0) >= want and (st.get("readyReplicas") or 0) >= want
-            and (st.get("replicas") or 0) == want)
-
-
 class Reconciler:
     def __init__(self, kube: Kube, store: Store, options: Options | None = None) -> None:
         self.kube = kube
@@ -61,19 +53,21 @@ class Reconciler:
     def rollout_plan(self, owner: Owner, spec: WorkerSpec, current: Mapping | None, template_hash: str) -> RolloutPlan:
         if spec.rollout_strategy != "Auto" or spec.gpus_per_pod == 0:
             return plan_rollout(spec, {})
+        unschedulable = any(
+            c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+            for p in self.store.belonging_to("Pod", owner.namespace, owner.name)
+            for c in (p.get("status") or {}).get("conditions") or ())
+        if unschedulable:
+            # The capacity count missed something (taints, affinity, CPU/memory): a surge pod
+            # that cannot schedule would block the rollout until its deadline. Replace in place.
+            return RolloutPlan(IN_PLACE, "Auto: in place (a pod of this deployment is unschedulable)")
         if current is not None and (current["metadata"].get("annotations") or {}).get(
-                TEMPLATE_HASH_ANNOTATION) == template_hash and _settled(current):
-            # Nothing to roll out: keep what is there, without reading the cluster's capacity.
+                TEMPLATE_HASH_ANNOTATION) == template_hash:
+            # The template is rolled out already: keep its strategy, read no cluster capacity.
             strategy = (current.get("spec") or {}).get("strategy") or IN_PLACE
             surge = (strategy.get("rollingUpdate") or {}).get("maxSurge") == SURGE["rollingUpdate"]["maxSurge"]
             return RolloutPlan(strategy, "Auto: surge 1 (a node has free GPUs for one more pod)" if surge
                                else f"Auto: in place (no node has {spec.gpus_per_pod} free GPUs for a surge pod)")
-        if any(c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
-               for p in self.store.belonging_to("Pod", owner.namespace, owner.name)
-               for c in (p.get("status") or {}).get("conditions") or ()):
-            # The capacity count missed something (taints, affinity, CPU/memory): a surge pod
-            # that cannot schedule would block the rollout until its deadline. Replace in place.
-            return RolloutPlan(IN_PLACE, "Auto: in place (a pod of this deployment is unschedulable)")
         try:
             nodes = self.kube.list(object_path("v1", "Node", None))
             pods = self.kube.list(object_path("v1", "Pod", None),

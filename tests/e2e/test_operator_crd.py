@@ -42,6 +42,20 @@ def test_bad_specs_are_rejected_at_apply_with_a_readable_message(cluster, spec, 
     assert message in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("name", ["qwen.v2", "9qwen", "q" * 64, "qwen-"])
+def test_names_that_cannot_name_a_service_are_rejected_at_admission(cluster, name):
+    out = apply(cluster, name)
+    assert out.returncode != 0, out.stdout
+    assert "metadata.name must be a DNS-1035 label" in out.stderr, out.stderr
+
+
+def test_a_minimal_resource_names_only_its_model(cluster):
+    body = {"apiVersion": "minisgl.io/v1alpha1", "kind": "MiniSGLDeployment", "metadata": {"name": "minimal"},
+            "spec": {"model": {"path": "Qwen/Qwen3-0.6B"}}}
+    out = cluster.kubectl("apply", "--dry-run=server", "-n", NS, "-f", "-", stdin=json.dumps(body), check=False)
+    assert out.returncode == 0, out.stderr
+
+
 def test_cpu_workers_may_have_no_gpu_and_tp_gpus_may_exceed(cluster):
     assert apply(cluster, "cpu", engine={"device": "cpu", "tensorParallelSize": 2}, resources={"gpu": 0}).returncode == 0
     assert apply(cluster, "big", engine={"tensorParallelSize": 2}, resources={"gpu": 4}).returncode == 0
