@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Mapping, NamedTuple
 
 from minisgl_operator import GROUP, KIND, VERSION
+from minisgl_operator.autoscaling import hpa_behavior
 from minisgl_operator.download import build_download_job
 from minisgl_operator.pod import build_pod_template, common_labels, selector_labels
 from minisgl_operator.rollout import RolloutPlan
@@ -91,8 +92,9 @@ def _quantity(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
 
 
-def build_hpa(owner: Owner, spec: WorkerSpec) -> dict:
-    """Scales the MiniSGLDeployment through its scale subresource, like `kubectl scale` does."""
+def build_hpa(owner: Owner, spec: WorkerSpec, time_to_ready: int | None = None) -> dict:
+    """Scales the MiniSGLDeployment through its scale subresource, like `kubectl scale` does.
+    `time_to_ready`: measured on this resource's pods; until then the startup budget."""
     if spec.autoscaling is None:
         raise ValueError("build_hpa needs spec.autoscaling")
     a = spec.autoscaling
@@ -111,6 +113,7 @@ def build_hpa(owner: Owner, spec: WorkerSpec) -> dict:
                     "target": {"type": "AverageValue", "averageValue": _quantity(a.target)},
                 },
             }],
+            "behavior": hpa_behavior(time_to_ready or spec.startup_timeout_seconds),
         },
     }
 
@@ -137,7 +140,7 @@ def build_job(owner: Owner, spec: WorkerSpec) -> dict:
 
 def desired_objects(
     owner: Owner, spec: WorkerSpec, plan: RolloutPlan, service_monitor_available: bool,
-    monitor_labels: Mapping[str, str] | None = None, downloaded: bool = True,
+    monitor_labels: Mapping[str, str] | None = None, downloaded: bool = True, time_to_ready: int | None = None,
 ) -> list[dict]:
     """Every object this MiniSGLDeployment should own right now, in apply order. While the
     download Job has not finished (`downloaded` False), no Deployment: no pod starts early."""
@@ -149,7 +152,7 @@ def desired_objects(
     if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         objects.append(build_pdb(owner, spec))
     if spec.autoscaling is not None:
-        objects.append(build_hpa(owner, spec))
+        objects.append(build_hpa(owner, spec, time_to_ready))
     if spec.service_monitor and service_monitor_available:
         objects.append(build_service_monitor(owner, spec, monitor_labels))
     return objects

@@ -62,7 +62,7 @@ def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[
         raise kopf.PermanentError(f"invalid spec: {e}") from e
     owner = Owner(meta["name"], meta["namespace"], meta["uid"])
     try:
-        plan, download = reconciler.apply(owner, spec)
+        plan, download = reconciler.apply(owner, spec, status)
         update = reconciler.observe(owner, spec, generation, plan, download, status)
     except ObjectInTheWay as e:
         fail("ObjectInTheWay", str(e))

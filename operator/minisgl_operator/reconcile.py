@@ -15,6 +15,7 @@ from typing import Mapping
 
 from kubernetes.client.rest import ApiException
 
+from minisgl_operator.autoscaling import measured_time_to_ready
 from minisgl_operator.builders import Owner, build_job, desired_objects, endpoint_url, stale_kinds
 from minisgl_operator.download import DownloadState, download_state
 from minisgl_operator.kube import Kube, object_path
@@ -95,7 +96,15 @@ class Reconciler:
         logger.info("applying %s %s/%s", kind, owner.namespace, name)
         self.kube.apply(obj)
 
-    def apply(self, owner: Owner, spec: WorkerSpec) -> tuple[RolloutPlan, DownloadState | None]:
+    def worker_pods(self, owner: Owner) -> list[dict]:
+        return [p for p in self.store.belonging_to("Pod", owner.namespace, owner.name)
+                if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "worker"]
+
+    def apply(self, owner: Owner, spec: WorkerSpec, status: Mapping | None = None
+              ) -> tuple[RolloutPlan, DownloadState | None]:
+        """`status`: the resource's current status (its last measured time to ready)."""
+        self.time_to_ready = (measured_time_to_ready(self.worker_pods(owner))
+                              or (status or {}).get("timeToReadySeconds"))
         download = None
         if spec.download_job:
             job = build_job(owner, spec)
@@ -109,7 +118,8 @@ class Reconciler:
         plan = (self.rollout_plan(owner, spec, current, template_hash) if downloaded
                 else RolloutPlan(SURGE, "waiting for the model download"))
         monitor_api = self.options.service_monitor_api
-        objects = desired_objects(owner, spec, plan, monitor_api, self.options.monitor_labels, downloaded)
+        objects = desired_objects(owner, spec, plan, monitor_api, self.options.monitor_labels, downloaded,
+                                  self.time_to_ready)
         for obj in objects:
             if obj["kind"] == "Deployment":
                 obj["metadata"]["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash}
@@ -138,10 +148,9 @@ class Reconciler:
         deployment = self.store.get("Deployment", owner.namespace, owner.name)
         if deployment is not None and not owned_by(deployment, owner.uid):
             deployment = None
-        pods = [p for p in self.store.belonging_to("Pod", owner.namespace, owner.name)
-                if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "worker"]
+        pods = self.worker_pods(owner)
         events = self.store.pod_events(owner.namespace, [p["metadata"]["name"] for p in pods])
-        return compute_status(
+        update = compute_status(
             generation=generation,
             desired_replicas=spec.replicas,
             deployment=deployment,
@@ -154,3 +163,7 @@ class Reconciler:
             pod_events=events,
             download=download,
         )
+        ttr = measured_time_to_ready(pods) or (previous or {}).get("timeToReadySeconds")
+        if ttr:
+            update.status["timeToReadySeconds"] = ttr
+        return update

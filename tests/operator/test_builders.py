@@ -180,3 +180,18 @@ def test_deployment_takes_the_rollout_plan_and_service_targets_the_named_port():
     assert deployment["spec"]["strategy"] == IN_PLACE
     assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_hpa_behavior_waits_for_the_measured_time_to_ready():
+    from minisgl_operator.autoscaling import measured_time_to_ready
+
+    spec = parse_spec({**make_spec(1, False, False, False, False), "autoscaling": {"maxReplicas": 4}})
+    pods = [{"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "status": {"conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": f"2026-01-01T00:{m:02d}:05Z"}]}} for m in (3, 11)]
+    ttr = measured_time_to_ready(pods)
+    assert ttr == 690  # the slowest pod, 665 s, rounded up to 30 s
+    down = build_hpa(OWNER, spec, ttr)["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 1380 and down["policies"][0]["periodSeconds"] == 690
+    unmeasured = build_hpa(OWNER, spec)["spec"]["behavior"]["scaleDown"]
+    assert unmeasured["stabilizationWindowSeconds"] == 3600  # the 1800 s startup budget, capped
+    kubernetes_validate.validate(build_hpa(OWNER, spec, ttr), K8S_VERSION, strict=True)

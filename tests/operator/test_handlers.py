@@ -14,7 +14,7 @@ class FailingReconciler:
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
 
-    def apply(self, owner, spec):
+    def apply(self, owner, spec, status=None):
         raise self.exc
 
 
