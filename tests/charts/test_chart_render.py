@@ -40,7 +40,14 @@ SCENARIOS: dict[str, dict] = {
         "prometheusRule.labels": {"release": "kube-prometheus-stack"},
         "prometheusRule.alertLabels": {"team": "inference"},
         "prometheusRule.thresholds.ttftP99Seconds": 2.5,
+        "workers.image.repository": "registry.example.com/minisgl-worker",
+        "workers.image.tag": "0.2.0",
+        "workers.resyncSeconds": 600,
+        "workers.serviceMonitor.labels": {"release": "kube-prometheus-stack"},
+        "autoscaling.prometheusAdapter.enabled": True,
+        "autoscaling.prometheusAdapter.labels": {"team": "inference"},
     },
+    "prometheus-adapter-rules": {"autoscaling.prometheusAdapter.enabled": True},
     "watch-release-namespace": {"watch.scope": "namespaces"},
     "watch-two-namespaces": {"watch.scope": "namespaces", "watch.namespaces": ["team-a", "team-b"]},
     "namespaced-with-cluster-pod-read": {"watch.scope": "namespaces", "watch.namespaces": ["team-a"],
@@ -121,7 +128,8 @@ def test_optional_objects_follow_their_toggles(helm: str) -> None:
     on = render(helm, SCENARIOS["everything-on"])
     assert len(by_kind(on, "ServiceMonitor")) == 1 and len(by_kind(on, "Service")) == 1
     assert len(by_kind(on, "PrometheusRule")) == 1
-    assert {c["metadata"]["namespace"] for c in by_kind(on, "ConfigMap")} == {"monitoring"}
+    assert {c["metadata"]["namespace"] for c in by_kind(on, "ConfigMap")
+            if not c["metadata"]["name"].endswith("-prometheus-adapter")} == {"monitoring"}
     assert not by_kind(render(helm, SCENARIOS["no-dashboards"]), "ConfigMap")
     bare = render(helm, SCENARIOS["no-rbac-existing-service-account"])
     assert not [o for o in bare if o["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding",
@@ -160,3 +168,29 @@ def test_operator_pod_runs_non_root_read_only(helm: str) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["image"].endswith(":0.1.0")
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_operator_gets_the_worker_image_resync_and_service_monitor_labels(helm: str) -> None:
+    args = by_kind(render(helm, SCENARIOS["everything-on"]), "Deployment")[0]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert "--worker-image=registry.example.com/minisgl-worker:0.2.0" in args
+    assert "--resync-seconds=600" in args
+    assert "--service-monitor-label=release=kube-prometheus-stack" in args
+    default = by_kind(render(helm, {}), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--worker-image=ghcr.io/minisgl/minisgl-worker:0.1.0" in default
+    assert not [a for a in default if a.startswith("--service-monitor-label")]
+
+
+def test_prometheus_adapter_rules_serve_the_metrics_the_hpas_ask_for(helm: str) -> None:
+    import yaml
+
+    from minisgl_operator.builders import HPA_METRICS
+
+    assert not [c for c in by_kind(render(helm, {}), "ConfigMap") if c["metadata"]["name"].endswith("-adapter")]
+    maps = [c for c in by_kind(render(helm, SCENARIOS["prometheus-adapter-rules"]), "ConfigMap")
+            if c["metadata"]["name"].endswith("-prometheus-adapter")]
+    rules = yaml.safe_load(maps[0]["data"]["config.yaml"])["rules"]
+    assert {r["name"]["as"] for r in rules} == set(HPA_METRICS.values())
+    for rule in rules:
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        assert "<<.Series>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]

@@ -155,3 +155,16 @@ def test_namespaced_operator_reconciles_with_only_the_charts_rbac(cluster: Clust
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def test_install_with_every_new_toggle_on(cluster: Cluster, cluster_wide: str) -> None:
+    install(cluster, "toggles", "minisgl-toggles", {
+        "workers.image.repository": "registry.example.com/minisgl-worker",
+        "workers.serviceMonitor.labels": {"release": "kube-prometheus-stack"},
+        "autoscaling.prometheusAdapter.enabled": True})
+    deploy = json.loads(cluster.kubectl("get", "deployment", "toggles-minisgl-operator", "-n", "minisgl-toggles",
+                                        "-o", "json").stdout)
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--service-monitor-label=release=kube-prometheus-stack" in args
+    assert cluster.kubectl("get", "configmap", "toggles-minisgl-operator-prometheus-adapter",
+                           "-n", "minisgl-toggles", check=False).returncode == 0

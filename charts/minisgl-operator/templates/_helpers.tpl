@@ -56,6 +56,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{- define "minisgl-operator.workerImage" -}}
+{{- printf "%s:%s" .Values.workers.image.repository (default .Chart.AppVersion .Values.workers.image.tag) }}
+{{- end }}
+
 {{/*
 Namespaces the operator watches: an empty list means the whole cluster.
 In "namespaces" mode with no list given, the release namespace.
