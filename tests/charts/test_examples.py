@@ -23,7 +23,8 @@ def crd_schema() -> dict:
 
 
 def test_examples_exist() -> None:
-    assert [p.name for p in EXAMPLES] == ["deployment.yaml", "tp4-autoscaling.yaml"]
+    assert [p.name for p in EXAMPLES] == ["cached-download.yaml", "deployment.yaml", "minimal.yaml",
+                                          "tp4-autoscaling.yaml"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -38,7 +39,8 @@ def test_example_objects_are_valid(path) -> None:
             assert doc["apiVersion"] == f"{CRD['spec']['group']}/v1alpha1"
             # OpenAPI v3 as Kubernetes uses it: draft-4 style exclusiveMinimum: true.
             jsonschema.Draft4Validator(crd_schema()).validate(doc)
-            parse_spec(doc["spec"])  # the operator's checks (CEL rules included) accept it
+            # The operator's checks (CEL rules included) accept it, with the chart's default image.
+            parse_spec(doc["spec"], default_image="ghcr.io/minisgl/minisgl-worker:0.1.0")
         else:
             kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
 
