@@ -3,6 +3,8 @@ against a real API server + controller manager: owned objects, status and events
 GPU-aware rollout, InsufficientGPU, adoption, restart, garbage collection."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from minisgl_operator.kube import object_path
@@ -75,6 +77,23 @@ def test_operator_runs_with_only_its_rbac_rules(cluster, operator):
 
     assert can("patch", "deployments.apps", "-n", "any") and can("patch", "minisgldeployments.minisgl.io/status")
     assert not can("get", "secrets", "-n", "any") and not can("delete", "pods", "-n", "any")
+
+
+def test_owner_references_permission_enforcement_is_on_and_the_operator_passes_it(kube, ns, operator, cluster):
+    """A user who may create ConfigMaps but not update minisgldeployments/finalizers cannot set
+    blockOwnerDeletion on one: the admission plugin is really on, so the operator's own
+    blocking owner references (test above) pass only thanks to its finalizers rule."""
+    cr = create(kube, ns, "owner")
+    cluster.kubectl("create", "clusterrole", f"cm-{ns}", "--verb=create", "--resource=configmaps")
+    cluster.kubectl("create", "rolebinding", "cm", "-n", ns, f"--clusterrole=cm-{ns}", "--user=limited")
+    ref = {"apiVersion": GROUP_VERSION, "kind": "MiniSGLDeployment", "name": "owner",
+           "uid": cr["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "ownerReferences": [ref]}}
+    out = cluster.kubectl("create", "-n", ns, "--as=limited", "-f", "-", stdin=json.dumps(cm), check=False)
+    assert out.returncode != 0 and "cannot set blockOwnerDeletion" in out.stderr, out.stderr
+    assert cluster.kubectl("auth", "can-i", "update", "minisgldeployments.minisgl.io/finalizers",
+                           kubeconfig=cluster.operator_kubeconfig, check=False).stdout.strip() == "yes"
+    wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "owner"), TIMEOUT, "the operator's Deployment")
 
 
 def test_crash_looping_worker_degrades_the_resource(kube, ns, operator):
