@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gpu
 def gpu_model(tmp_path_factory) -> str:
     # FlashInfer kernels need head_dim 64/128/256.
     return str(build_tiny_model(tmp_path_factory.mktemp("gpu") / "qwen3", "qwen3", hidden_size=256,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=128,
                                 max_position_embeddings=2048))
 
 
