@@ -22,6 +22,14 @@ OPTIONAL_KINDS = (
 )
 
 
+INSTANCE = "app.kubernetes.io/instance"
+
+
+def _prom(label: str) -> str:
+    """A Kubernetes label name as Prometheus' kubernetes_sd spells it (app.kubernetes.io/x -> app_kubernetes_io_x)."""
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
 class Owner(NamedTuple):
     name: str
     namespace: str
@@ -129,7 +137,11 @@ def build_service_monitor(owner: Owner, spec: WorkerSpec, labels: Mapping[str, s
         "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector_labels(owner.name)},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": spec.monitor_interval}],
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": spec.monitor_interval,
+                           # The dashboards select a deployment by this label, which an annotation-based
+                           # Prometheus gets from its usual labelmap of pod labels: one name both ways.
+                           "relabelings": [{"sourceLabels": [f"__meta_kubernetes_pod_label_{_prom(INSTANCE)}"],
+                                            "targetLabel": _prom(INSTANCE)}]}],
         },
     }
 

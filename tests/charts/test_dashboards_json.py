@@ -67,3 +67,15 @@ def test_dashboards_are_importable_grafana_json() -> None:
                 assert panel["datasource"]["uid"] == "${datasource}"
         used = set(re.findall(r"\$(\w+)", json.dumps([e for _, e in dashboard_queries(path)])))
         assert used - {"__rate_interval", "__range", "__interval"} <= variables, (path.name, used)
+
+
+def test_dashboards_select_deployments_by_a_label_both_scrape_paths_set() -> None:
+    """`job` is the Service with a ServiceMonitor but the scrape config's name with annotations;
+    app_kubernetes_io_instance is the MiniSGLDeployment either way."""
+    import re
+
+    from tests.charts.promql import DASHBOARDS, dashboard_queries
+
+    for path in DASHBOARDS:
+        for _, expr in dashboard_queries(path):
+            assert not re.search(r"\bjob\b", expr), (path.name, expr)

@@ -27,7 +27,10 @@ from tests.charts.promql import DASHBOARDS, dashboard_queries, metric_names, sub
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 # The labels a Prometheus Operator ServiceMonitor gives a worker pod of MiniSGLDeployment "qwen3".
-TARGET = {"namespace": "default", "service": "qwen3", "pod": "qwen3-0", "container": "worker", "endpoint": "http"}
+# As the operator's ServiceMonitor labels a target (and an annotation-based Prometheus, through
+# its labelmap of pod labels): app_kubernetes_io_instance is the MiniSGLDeployment.
+TARGET = {"namespace": "default", "service": "qwen3", "pod": "qwen3-0", "container": "worker", "endpoint": "http",
+          "app_kubernetes_io_instance": "qwen3"}
 JOB = "qwen3"
 MODEL = "demo"
 VARIABLES = {"datasource": "prometheus", "namespace": "default", "deployment": JOB, "model": MODEL, "pod": "qwen3-0"}

@@ -195,3 +195,11 @@ def test_hpa_behavior_waits_for_the_measured_time_to_ready():
     unmeasured = build_hpa(OWNER, spec)["spec"]["behavior"]["scaleDown"]
     assert unmeasured["stabilizationWindowSeconds"] == 3600  # the 1800 s startup budget, capped
     kubernetes_validate.validate(build_hpa(OWNER, spec, ttr), K8S_VERSION, strict=True)
+
+
+def test_service_monitor_labels_targets_as_annotation_scraping_does():
+    spec = parse_spec(make_spec(1, False, False, False, False))
+    sm = kinds_of(desired_objects(OWNER, spec, plan_rollout(spec, {}), True))["ServiceMonitor"]
+    [relabel] = sm["spec"]["endpoints"][0]["relabelings"]
+    assert relabel == {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                       "targetLabel": "app_kubernetes_io_instance"}
