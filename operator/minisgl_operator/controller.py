@@ -34,6 +34,9 @@ RETRY_DELAY_SECONDS = 10
 IN_THE_WAY_RETRY_SECONDS = 30  # the stranger's object is not watched: look again now and then
 PERMANENT_HTTP = (400, 422)  # rejections of a well-formed request that retrying cannot fix
 CR_KIND = "MiniSGLDeployment"
+# Versions up to 0.1 used kopf change handlers with this finalizer; nothing needs it now, and with
+# nobody left to remove it a deletion would hang forever.
+LEGACY_FINALIZER = "minisgl.io/operator"
 
 
 def _api_message(e: ApiException) -> str:
@@ -134,8 +137,23 @@ class Controller:
                 self.enqueue(key)
 
     # -- processing -----------------------------------------------------------------------------
+    def _drop_legacy_finalizer(self, key: Key, body: Mapping) -> None:
+        meta = body["metadata"]
+        rest = [f for f in meta.get("finalizers") or [] if f != LEGACY_FINALIZER]
+        path = object_path("minisgl.io/v1alpha1", CR_KIND, key[0], key[1])
+        # resourceVersion makes it a compare-and-swap: another controller's finalizer is never lost.
+        self.kube.request("PATCH", path, content_type="application/merge-patch+json", body={
+            "metadata": {"finalizers": rest or None, "resourceVersion": meta.get("resourceVersion")}})
+
     def process(self, key: Key) -> None:
         body = self.store.get(CR_KIND, *key)
+        if body is not None and LEGACY_FINALIZER in (body["metadata"].get("finalizers") or []):
+            try:
+                self._drop_legacy_finalizer(key, body)
+            except ApiException as e:
+                logger.warning("%s/%s: cannot remove finalizer %s (%s); retrying", *key, LEGACY_FINALIZER, e.reason)
+                self.queue.add(key, RETRY_DELAY_SECONDS if e.status != 409 else 0.5)
+            return  # the watch brings the updated object back
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         with self._lock:

@@ -256,6 +256,19 @@ spec:
 """
 
 
+def test_the_finalizer_of_older_versions_is_removed_so_deletion_completes(kube, ns, operator):
+    body = {"apiVersion": GROUP_VERSION, "kind": "MiniSGLDeployment",
+            "metadata": {"name": "old", "finalizers": ["minisgl.io/operator", "example.com/keep"]},
+            "spec": {"image": "ghcr.io/x/minisgl-worker:0.1.0", "model": {"path": "Qwen/Qwen3-8B"}}}
+    kube.request("POST", object_path(GROUP_VERSION, "MiniSGLDeployment", ns), body=body)
+    wait_for(lambda: msgl(kube, ns, "old")["metadata"].get("finalizers") == ["example.com/keep"], TIMEOUT,
+             "legacy finalizer removed, others kept")
+    kube.request("PATCH", object_path(GROUP_VERSION, "MiniSGLDeployment", ns, "old"),
+                 content_type="application/merge-patch+json", body={"metadata": {"finalizers": None}})
+    kube.request("DELETE", object_path(GROUP_VERSION, "MiniSGLDeployment", ns, "old"))
+    wait_for(lambda: not msgl(kube, ns, "old"), TIMEOUT, "deleted")
+
+
 def test_operator_serves_reconcile_metrics(kube, ns, operator):
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
