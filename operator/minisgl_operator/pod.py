@@ -89,6 +89,9 @@ def cache_env(spec: WorkerSpec) -> list[dict]:
         {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_PATH}/cache"},
         {"name": "TRITON_CACHE_DIR", "value": f"{SCRATCH_PATH}/triton"},
         {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{SCRATCH_PATH}/inductor"},
+        {"name": "CUDA_CACHE_PATH", "value": f"{SCRATCH_PATH}/nv"},
+        # Anything else that writes under ~ (the image's home is on the read-only root filesystem).
+        {"name": "HOME", "value": SCRATCH_PATH},
     ]
 
 

@@ -114,3 +114,62 @@ def test_failed_status_for_an_invalid_spec():
     assert st["phase"] == "Failed" and st["replicas"] == 1 and st["observedGeneration"] == 4
     assert cond(st, "Degraded")["reason"] == "InvalidSpec"
     assert events and events[0].type == "Warning"
+
+
+def waiting_pod(reason: str, message: str = "", last: dict | None = None, restarts: int = 0) -> dict:
+    cs = {"name": "worker", "ready": False, "restartCount": restarts, "state": {"waiting": {"reason": reason,
+                                                                                           "message": message}}}
+    if last:
+        cs["lastState"] = {"terminated": last}
+    return {"metadata": {"name": "w"}, "status": {"phase": "Pending", "containerStatuses": [cs]}}
+
+
+def test_missing_secret_is_its_own_reason_with_kubelets_message():
+    st = status(deployment(1, 0, 1), [waiting_pod("CreateContainerConfigError", 'secret "hf" not found')]).status
+    assert cond(st, "Degraded")["reason"] == "CreateContainerConfigError"
+    assert 'secret "hf" not found' in cond(st, "Degraded")["message"]
+
+
+def test_oom_killed_is_told_apart_from_other_crash_loops():
+    oom = waiting_pod("CrashLoopBackOff", "back-off", {"reason": "OOMKilled", "exitCode": 137}, restarts=3)
+    st = status(deployment(1, 0, 1), [oom]).status
+    assert cond(st, "Degraded")["reason"] == "OOMKilled" and "exit code 137" in cond(st, "Degraded")["message"]
+    other = waiting_pod("CrashLoopBackOff", "back-off", {"reason": "Error", "exitCode": 1})
+    assert "last exit code 1" in cond(status(deployment(1, 0, 1), [other]).status, "Degraded")["message"]
+
+
+def test_volume_events_explain_a_pod_stuck_creating():
+    pod = waiting_pod("ContainerCreating")
+    events = {"w": [{"reason": "FailedAttachVolume", "message": 'Multi-Attach error for volume "pvc-1"'}]}
+    st = compute_status(generation=1, desired_replicas=1, deployment=deployment(1, 0, 1), pods=[pod], endpoint="e",
+                        selector="s", rollout="r", previous=None, now=NOW, pod_events=events).status
+    assert cond(st, "Degraded")["reason"] == "MultiAttach"
+    events = {"w": [{"reason": "FailedMount", "message": "MountVolume.SetUp failed"}]}
+    st = compute_status(generation=1, desired_replicas=1, deployment=deployment(1, 0, 1), pods=[pod], endpoint="e",
+                        selector="s", rollout="r", previous=None, now=NOW, pod_events=events).status
+    assert cond(st, "Degraded")["reason"] == "FailedMount"
+
+
+def test_replica_failure_names_quota_and_pod_security():
+    for message, reason in (('pods "q-1" is forbidden: exceeded quota: q, requested: pods=1', "QuotaExceeded"),
+                            ('pods "q-1" is forbidden: violates PodSecurity "restricted:latest": runAsUser=0',
+                             "PodSecurityViolation"), ("something else", "ReplicaFailure")):
+        dep = deployment(0, 0, 0, progressing={"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                               "message": message})
+        st = status(dep, [], desired=1).status
+        assert cond(st, "Degraded")["reason"] == reason and message in cond(st, "Degraded")["message"]
+
+
+def test_download_phases():
+    from minisgl_operator.download import download_state
+
+    job = {"metadata": {"name": "m-dl-1"}, "status": {"active": 1}}
+    st = compute_status(generation=1, desired_replicas=2, deployment=None, pods=[], endpoint="e", selector="s",
+                        rollout="r", previous=None, now=NOW, download=download_state(job)).status
+    assert st["phase"] == "Downloading" and "1 active" in cond(st, "Progressing")["message"]
+    job["status"] = {"failed": 5, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                  "message": "Job has reached the specified backoff limit"}]}
+    st = compute_status(generation=1, desired_replicas=2, deployment=None, pods=[], endpoint="e", selector="s",
+                        rollout="r", previous=None, now=NOW, download=download_state(job)).status
+    assert st["phase"] == "Failed" and cond(st, "Degraded")["reason"] == "DownloadFailed"
+    assert "BackoffLimitExceeded" in cond(st, "Degraded")["message"]
