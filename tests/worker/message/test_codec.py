@@ -84,3 +84,26 @@ def test_error_msg_rebuilds_the_exception_type():
     assert type(exc) is InvalidRequest and exc.param == "top_p"
     exc = ErrorMsg.from_exception(3, KeyError("x")).to_exception()
     assert exc.http_status == 500
+
+
+def test_step_batches_travel_as_one_ext_and_round_trip():
+    import msgpack
+
+    chunks = [ReplyChunk(u, 0, "t", [u], prompt_token_ids=[1, 2] if u == 0 else None)
+              for u in range(5)]
+    blob = codec.encode(BatchReplyMsg(chunks))
+    assert msgpack.unpackb(blob, ext_hook=lambda code, data: code) == 3
+    decoded = codec.decode(blob)
+    assert decoded == BatchReplyMsg(chunks) and type(decoded.chunks[0]) is ReplyChunk
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.chunks[0].text = "x"  # rebuilt without __init__, still frozen
+
+
+def test_forged_batch_names_are_refused():
+    import msgpack
+
+    for name, elem in (("os.system", "ReplyChunk"), ("BatchReplyMsg", "TokenOutput"),
+                       ("UserMsg", "ReplyChunk")):
+        blob = msgpack.packb(msgpack.ExtType(3, codec._pack([name, elem, [1]])))
+        with pytest.raises(ValueError, match="unknown batch type"):
+            codec.decode(blob)

@@ -117,3 +117,28 @@ def test_held_back_prefix_is_flushed_at_the_end(tokenizer):
     assert streamed == "hello "  # "mod" might still become "model"
     assert detok.add([], finished=True) == ("mod", False)
     assert detok.text == "hello mod"
+
+
+def test_batch_decoder_matches_tokenizer_decode(tokenizer):
+    import random
+
+    from minisgl.tokenizer.detokenize import _stock_backend, batch_decoder
+
+    assert _stock_backend(tokenizer) is not None  # the test tokenizer takes the fast path
+    rng = random.Random(0)
+    ids = tokenizer.encode("héllo wörld 🙂 <|im_end|> tokens, spaces  and\nnewlines 中文")
+    ids += [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    seqs = [[rng.choice(ids) for _ in range(rng.randint(0, 6))] for _ in range(200)]
+    for skip in (True, False):
+        want = [tokenizer.decode(s, skip_special_tokens=skip) for s in seqs]
+        assert batch_decoder(tokenizer)(seqs, skip) == want
+
+
+def test_batch_decoder_falls_back_for_an_overridden_decode(tokenizer):
+    from minisgl.tokenizer.detokenize import batch_decoder
+
+    class Shouting:
+        def decode(self, ids, skip_special_tokens=False):
+            return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens).upper()
+
+    assert batch_decoder(Shouting())([tokenizer.encode("hi there")], True) == ["HI THERE"]

@@ -96,3 +96,35 @@ def test_drop_reports_whether_the_request_was_live(tokenizer):
     dm = DetokenizeManager(tokenizer)
     _register(dm, tokenizer, 1)
     assert dm.drop(1) and not dm.drop(1) and not dm.drop(2)
+
+
+def test_one_step_of_many_requests_matches_request_by_request(tokenizer):
+    """process() decodes a whole step in one batch; the chunks equal those of feeding every
+    request on its own (stop strings, special-token skipping, a repeated output included)."""
+    import random
+
+    rng = random.Random(3)
+    vocab = tokenizer.encode("héllo wörld 🙂 the end. stop here, then more text")
+    reqs = {u: (SamplingParams(max_tokens=40, stop=("end",) if u % 3 == 0 else (),
+                               skip_special_tokens=u % 2 == 0),
+                [rng.choice(vocab) for _ in range(rng.randint(1, 8))]) for u in range(12)}
+    steps = [[TokenOutput(uid=u, token_id=rng.choice(vocab), finished=s == 9,
+                          finish_reason="length" if s == 9 else None) for u in reqs]
+             for s in range(10)]
+    steps[4].append(TokenOutput(uid=5, token_id=vocab[0]))  # the same choice twice in one step
+
+    def managers():
+        m = DetokenizeManager(tokenizer, [tokenizer.eos_token_id])
+        for u, (p, ids) in reqs.items():
+            m.register(TokenizedMsg(u, ids, p, 0.0))
+        return m
+
+    batched, alone = managers(), managers()
+    for step in steps:
+        got = batched.process(step)
+        want = ([], [])
+        for out in step:
+            c, a = alone.process([out])
+            want[0].extend(c)
+            want[1].extend(a)
+        assert got == want

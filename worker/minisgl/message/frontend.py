@@ -33,6 +33,19 @@ class ReplyChunk:
     queue_time_s: float | None = None
 
 
+_REPLY_FIELDS = frozenset(ReplyChunk.__dataclass_fields__)
+
+
+def make_chunk(**fields) -> ReplyChunk:
+    """`ReplyChunk(**fields)` with every field given, without the frozen `__init__`'s
+    per-field `object.__setattr__` (one chunk per request per step: it adds up)."""
+    if fields.keys() != _REPLY_FIELDS:
+        return ReplyChunk(**fields)  # a field missing or unknown: let __init__ say which
+    chunk = object.__new__(ReplyChunk)
+    chunk.__dict__.update(fields)
+    return chunk
+
+
 @dataclass(frozen=True)
 class BatchReplyMsg:
     chunks: list[ReplyChunk] = field(default_factory=list)

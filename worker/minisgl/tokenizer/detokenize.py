@@ -12,12 +12,51 @@ or diverges (emitted).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from minisgl.sampling_params import SamplingParams
 
 # Prompt tokens kept as decoding context so the first output token gets its leading space right.
 _PROMPT_CONTEXT = 5
+
+
+BatchDecode = Callable[[list[list[int]], bool], list[str]]
+
+
+def batch_decoder(tokenizer: Any) -> BatchDecode:
+    """`(id lists, skip_special_tokens) -> texts`, each exactly `tokenizer.decode(ids, ...)`.
+
+    For a Hugging Face fast tokenizer whose decode is the stock one this is a single call
+    into the Rust tokenizer for the whole list: per-sequence `tokenizer.decode` spends ~20 µs
+    in Python around ~1 µs of Rust, and the detokenizer decodes two windows per request per
+    step. Anything else (a slow tokenizer, an overridden decode, clean-up of tokenization
+    spaces that would really run) decodes one by one through `tokenizer.decode`.
+    """
+    backend = _stock_backend(tokenizer)
+    if backend is not None:
+        return lambda seqs, skip: backend.decode_batch(seqs, skip_special_tokens=skip) if seqs else []
+    return lambda seqs, skip: [tokenizer.decode(s, skip_special_tokens=skip) for s in seqs]
+
+
+def _stock_backend(tokenizer: Any) -> Any | None:
+    try:
+        from transformers import PreTrainedTokenizerFast
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+    except ImportError:
+        return None
+    cls = type(tokenizer)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (not isinstance(tokenizer, PreTrainedTokenizerFast) or not hasattr(backend, "decode_batch")
+            or cls.decode is not PreTrainedTokenizerBase.decode
+            or cls._decode is not PreTrainedTokenizerFast._decode):
+        return None
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        # transformers skips the clean-up for BPE models (unless forced); otherwise it runs.
+        forced = getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_"
+                                    "corrupt_output", True)
+        if type(backend.model).__name__ != "BPE" or forced:
+            return None
+    return backend
 
 
 class DetokenizeResult(NamedTuple):
@@ -31,6 +70,9 @@ class IncrementalDetokenizer:
     >>> detok = IncrementalDetokenizer(tokenizer, params, prompt_ids)
     >>> text, stopped = detok.add([token_id])            # after every step
     >>> text, stopped = detok.add([], finished=True)     # flush what was held back
+
+    `add` = `feed` + decode the windows it returns + `settle`; the detokenizer process calls
+    the halves itself so that one step of every request decodes in one batch.
     """
 
     def __init__(self, tokenizer: Any, params: SamplingParams, prompt_ids: list[int] | None = None):
@@ -51,12 +93,32 @@ class IncrementalDetokenizer:
         """All text emitted so far."""
         return self._text[: self._emitted]
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def add(self, token_ids: list[int], finished: bool = False) -> DetokenizeResult:
         """Feed new token ids; `finished=True` on the last call flushes held-back text."""
+        windows = self.feed(token_ids)
+        texts = None if windows is None else (self._decode(windows[0]), self._decode(windows[1]))
+        return self.settle(texts, finished)
+
+    def feed(self, token_ids: list[int]) -> tuple[list[int], list[int]] | None:
+        """Take new ids; the (prefix, full) windows whose decoded texts `settle` needs,
+        None if there is nothing to decode."""
+        if self._stopped:
+            return None
+        self._ids.extend(token_ids)
+        if self._read_offset == len(self._ids):
+            return None
+        return self._ids[self._prefix_offset : self._read_offset], self._ids[self._prefix_offset :]
+
+    def settle(self, texts: tuple[str, str] | None, finished: bool = False) -> DetokenizeResult:
+        """Finish the step `feed` began, given its windows decoded (None if it returned None)."""
         if self._stopped:
             return DetokenizeResult("", True)
-        self._ids.extend(token_ids)
-        self._text += self._decode_new(force=finished)
+        if texts is not None:
+            self._text += self._new_text(*texts, force=finished)
         if self.stop:
             cut = self._find_stop()
             if cut is not None:
@@ -68,11 +130,7 @@ class IncrementalDetokenizer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
-    def _decode_new(self, force: bool) -> str:
-        if self._read_offset == len(self._ids):
-            return ""
-        prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        full = self._decode(self._ids[self._prefix_offset :])
+    def _new_text(self, prefix: str, full: str, force: bool) -> str:
         if len(full) <= len(prefix) and not force:
             return ""
         if full.endswith("\ufffd") and not force:

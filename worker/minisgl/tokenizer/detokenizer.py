@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
-from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk
+from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, make_chunk
 from minisgl.message.tokenizer import AbortMsg, BatchTokenOutputMsg, TokenizedMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import TokenOutput
-from minisgl.tokenizer.detokenize import IncrementalDetokenizer
+from minisgl.tokenizer.detokenize import IncrementalDetokenizer, batch_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class DetokenizeManager:
     def __init__(self, tokenizer: Any, eos_token_ids: list[int] | tuple[int, ...] = ()) -> None:
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
+        self._decode = batch_decoder(tokenizer)
         self._requests: dict[int, _Request] = {}
 
     def __len__(self) -> int:
@@ -60,13 +61,25 @@ class DetokenizeManager:
     def process(self, outputs: list[TokenOutput]
                 ) -> tuple[list[ReplyChunk], list[tuple[int, int | None]]]:
         """Chunks for the API process, and (uid, choice index) pairs the scheduler must abort:
-        a choice cut by a stop string stops decoding at once, whatever its siblings do."""
+        a choice cut by a stop string stops decoding at once, whatever its siblings do.
+
+        Every choice's decode windows of one step go to the tokenizer in one batch call.
+        """
         chunks: list[ReplyChunk] = []
         aborts: list[tuple[int, int | None]] = []
+        pending: list[tuple[TokenOutput, _Request, _Choice, tuple | None]] = []
+        seen: set[tuple[int, int]] = set()
         for out in outputs:
             req = self._requests.get(out.uid)
             if req is None:
                 continue  # finished or aborted here already; the scheduler is catching up
+            key = (out.uid, out.index)
+            if key in seen:  # a second output of one choice: settle the first one before it
+                self._settle(pending, chunks, aborts)
+                pending, seen = [], set()
+                if out.uid not in self._requests:
+                    continue
+            seen.add(key)
             choice = req.choices.get(out.index)
             if choice is None:
                 choice = req.choices[out.index] = _Choice(
@@ -74,28 +87,47 @@ class DetokenizeManager:
                 )
             if choice.finished:
                 continue
-            chunks.append(self._chunk(req, choice, out))
+            pending.append((out, req, choice, choice.detok.feed(self._text_ids(req, out))))
+        self._settle(pending, chunks, aborts)
+        return chunks, aborts
+
+    def _text_ids(self, req: _Request, out: TokenOutput) -> list[int]:
+        if out.token_id is None:
+            return []
+        params = req.params
+        if (
+            out.finished
+            and out.finish_reason == "stop"
+            and not params.include_stop_str_in_output
+            and (out.token_id in self.eos_token_ids or out.token_id in params.stop_token_ids)
+        ):
+            return []  # the stop token itself is not part of the text
+        return [out.token_id]
+
+    def _settle(self, pending: list, chunks: list[ReplyChunk],
+                aborts: list[tuple[int, int | None]]) -> None:
+        texts: list[tuple[str, str] | None] = [None] * len(pending)
+        for skip in (True, False):
+            rows = [i for i, p in enumerate(pending)
+                    if p[3] is not None and p[1].params.skip_special_tokens is skip]
+            if not rows:
+                continue
+            decoded = self._decode([w for i in rows for w in pending[i][3]], skip)
+            for j, i in enumerate(rows):
+                texts[i] = (decoded[2 * j], decoded[2 * j + 1])
+        for (out, req, choice, _), text in zip(pending, texts):
+            chunks.append(self._chunk(req, choice, out, text))
             if choice.finished:
                 req.num_finished += 1
                 if choice.cut_by_stop_string and not out.finished:
                     aborts.append((out.uid, None if req.params.n == 1 else out.index))
                 if req.num_finished == req.params.n:
-                    del self._requests[out.uid]
-        return chunks, aborts
+                    self._requests.pop(out.uid, None)
 
-    def _chunk(self, req: _Request, choice: _Choice, out: TokenOutput) -> ReplyChunk:
+    def _chunk(self, req: _Request, choice: _Choice, out: TokenOutput,
+               texts: tuple[str, str] | None) -> ReplyChunk:
         params = req.params
-        token_ids = [] if out.token_id is None else [out.token_id]
-        text_ids = token_ids
-        if (
-            out.finished
-            and out.finish_reason == "stop"
-            and not params.include_stop_str_in_output
-            and token_ids
-            and (token_ids[0] in self.eos_token_ids or token_ids[0] in params.stop_token_ids)
-        ):
-            text_ids = []  # the stop token itself is not part of the text
-        text, stopped = choice.detok.add(text_ids, finished=out.finished)
+        text, stopped = choice.detok.settle(texts, finished=out.finished)
         finished, reason = out.finished, out.finish_reason
         if stopped:
             choice.cut_by_stop_string = not out.finished
@@ -104,11 +136,11 @@ class DetokenizeManager:
         first = not choice.started
         choice.started = True
         want_logprobs = params.logprobs is not None and out.logprob is not None
-        return ReplyChunk(
+        return make_chunk(
             uid=out.uid,
             index=out.index,
             text=text,
-            token_ids=token_ids,
+            token_ids=[] if out.token_id is None else [out.token_id],
             logprobs=[out.logprob] if want_logprobs else None,
             top_logprobs=[list(out.top_logprobs or [])] if want_logprobs and params.logprobs else None,
             prompt_token_ids=list(req.input_ids) if first else None,
