@@ -19,10 +19,21 @@ def auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def auto_attention_backend(device: str) -> str:
-    """The fastest backend installed for the device (the server's and LLM's default)."""
+def auto_attention_backend(device: str, dtype: str = "auto", model_path: str | None = None) -> str:
+    """The fastest backend installed for the device (the server's and LLM's default).
+    FlashInfer runs half precision only: float32 (asked for, or the config's) gets torch."""
     import importlib.util
 
+    if dtype == "auto" and model_path is not None and device == "cuda":
+        try:
+            from minisgl.models import resolve_model_path
+            from minisgl.models.config import ModelConfig
+
+            dtype = ModelConfig.from_path(resolve_model_path(model_path, weights=False)).torch_dtype
+        except (ValueError, OSError):
+            pass  # the engine reports a bad model path with its own message
+    if dtype == "float32":
+        return "torch"
     if device == "cuda" and importlib.util.find_spec("flashinfer"):
         import torch
 

@@ -74,7 +74,7 @@ class ServerArgs:
     def resolved_attention_backend(self) -> str:
         if self.attention_backend != "auto":
             return self.attention_backend
-        return auto_attention_backend(self.resolved_device)
+        return auto_attention_backend(self.resolved_device, self.dtype, self.model_path)
 
     @property
     def resolved_cuda_graph_max_bs(self) -> int:
