@@ -41,9 +41,14 @@ class AttentionBackend(ABC):
     @abstractmethod
     def prepare(self, batch: Batch) -> None: ...
 
-    @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
-                batch: Batch) -> torch.Tensor: ...
+                batch: Batch) -> torch.Tensor:
+        self.kv.store(layer, batch.out_slots, k, v)
+        return self.attend(q, layer, batch)
+
+    @abstractmethod
+    def attend(self, q: torch.Tensor, layer: int, batch: Batch) -> torch.Tensor:
+        """forward() after the step's K/V are already in the cache (a fused kernel wrote them)."""
 
     def graph_wrapper(self, bs: int, max_pages: int):
         raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")

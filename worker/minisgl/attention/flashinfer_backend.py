@@ -96,8 +96,7 @@ class FlashInferBackend(AttentionBackend):
         self._plan(wrapper, table, decode)
         self.active = wrapper
 
-    def forward(self, q, k, v, layer, batch):
-        self.kv.store(layer, batch.out_slots, k, v)
+    def attend(self, q, layer, batch):
         shape = (-1, self.page_size, self.num_kv_heads, self.head_dim)
         cache = (self.kv.k[layer].view(shape), self.kv.v[layer].view(shape))
         return self.active.run(q.contiguous(), cache)

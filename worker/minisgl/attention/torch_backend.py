@@ -44,9 +44,8 @@ class TorchBackend(AttentionBackend):
         batch.attn_meta = TorchMeta(q_index=q_index.to(device), mask=mask.unsqueeze(1).to(device),
                                     q_max=q_max, slot_table=table)
 
-    def forward(self, q, k, v, layer, batch):
+    def attend(self, q, layer, batch):
         meta: TorchMeta = batch.attn_meta
-        self.kv.store(layer, batch.out_slots, k, v)
         b, h, d = batch.size, self.num_heads, self.head_dim
         q_pad = q.new_zeros(b * meta.q_max, h, d)
         q_pad[meta.q_index] = q

@@ -48,14 +48,19 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self._cos_sin = None  # [max_pos, D] f32: cos | sin, for the fused kernel
 
+    def cos_sin(self, device: torch.device) -> torch.Tensor:
+        """[max_pos, D] f32: cos | sin, for the fused kernels."""
+        if self._cos_sin is None or self._cos_sin.device != device:
+            self._cos_sin = torch.cat([self.cos, self.sin], dim=-1).float().contiguous().to(device)
+        return self._cos_sin
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # positions [T] int64; q [T, H, D]; k [T, Hkv, D]
         if use_fused(q):
-            if self._cos_sin is None or self._cos_sin.device != q.device:
-                self._cos_sin = torch.cat([self.cos, self.sin], dim=-1).float().contiguous()
             t = q.shape[0]
             flashinfer_ops().rope.apply_rope_with_cos_sin_cache_inplace(
-                positions, q.view(t, -1), k.view(t, -1), self.head_dim, self._cos_sin, is_neox=True)
+                positions, q.view(t, -1), k.view(t, -1), self.head_dim, self.cos_sin(q.device),
+                is_neox=True)
             return q, k
         cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2] f32
         sin = self.sin[positions].unsqueeze(1)

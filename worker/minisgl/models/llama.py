@@ -21,8 +21,9 @@ from minisgl.layers.linear import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
-from minisgl.layers.fused import flashinfer_ops, use_fused
+from minisgl.layers.fused import flashinfer_ops, use_fused, use_fused_qk_rope_store
 from minisgl.layers.norm import RMSNorm
+from minisgl.layers.qk_rope_store import qk_rope_store
 from minisgl.layers.rotary import RotaryEmbedding
 from minisgl.models.config import ModelConfig
 
@@ -49,7 +50,19 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: Batch,
                 attn: AttentionBackend) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(
+        qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) D]
+        if use_fused_qk_rope_store(qkv, self.head_dim):
+            # norm + rope + KV store in one kernel; attention reads the stored K/V
+            q = qk_rope_store(
+                qkv, positions, self.rotary.cos_sin(qkv.device),
+                None if self.q_norm is None else self.q_norm.weight,
+                None if self.k_norm is None else self.k_norm.weight,
+                self.q_norm.eps if self.q_norm is not None else 0.0, batch.out_slots,
+                attn.kv.k[self.layer_id], attn.kv.v[self.layer_id],
+                self.num_heads, self.num_kv_heads, self.head_dim)
+            out = attn.attend(q, self.layer_id, batch)  # [T, H, D]
+            return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))
+        q, k, v = qkv.split(
             [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
              self.num_kv_heads * self.head_dim], dim=-1)
         q = q.view(t, self.num_heads, self.head_dim)  # [T, H, D]

@@ -1,0 +1,107 @@
+"""One kernel from the qkv projection to the KV cache: per-head q/k RMSNorm (Qwen3),
+NeoX rotary embedding, and the K/V store at each token's slot.
+
+Unfused this is up to seven kernels per layer (two norms, rope, two index copies, the
+q/k/v split copies); at decode batch sizes each is a few microseconds of a step that
+should be streaming weights. The Triton kernel runs one program per (token, head): q heads
+write the rotated query, k heads write the rotated key and copy the value into the cache.
+`qk_rope_store_reference` is the same computation in PyTorch (CPU, and the kernel's test).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def qk_rope_store(qkv_ptr, qkv_stride, pos_ptr, cos_sin_ptr, qw_ptr, kw_ptr, slots_ptr,
+                      q_out_ptr, k_cache_ptr, v_cache_ptr, eps,
+                      H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+                      HAS_NORM: tl.constexpr):
+        t = tl.program_id(0)
+        h = tl.program_id(1)
+        half: tl.constexpr = D // 2
+        offs = tl.arange(0, half)
+        pos = tl.load(pos_ptr + t)
+        cos = tl.load(cos_sin_ptr + pos * D + offs)
+        sin = tl.load(cos_sin_ptr + pos * D + half + offs)
+        row = qkv_ptr + t * qkv_stride
+        if h < H:
+            src = row + h * D
+            w_ptr = qw_ptr
+        else:
+            src = row + (H + (h - H)) * D
+            w_ptr = kw_ptr
+        x1 = tl.load(src + offs).to(tl.float32)
+        x2 = tl.load(src + half + offs).to(tl.float32)
+        if HAS_NORM:
+            rstd = 1.0 / tl.sqrt((tl.sum(x1 * x1, 0) + tl.sum(x2 * x2, 0)) / D + eps)
+            x1 = x1 * rstd * tl.load(w_ptr + offs).to(tl.float32)
+            x2 = x2 * rstd * tl.load(w_ptr + half + offs).to(tl.float32)
+        o1 = x1 * cos - x2 * sin
+        o2 = x2 * cos + x1 * sin
+        if h < H:
+            dst = q_out_ptr + (t * H + h) * D
+            tl.store(dst + offs, o1.to(q_out_ptr.dtype.element_ty))
+            tl.store(dst + half + offs, o2.to(q_out_ptr.dtype.element_ty))
+        else:
+            kh = h - H
+            slot = tl.load(slots_ptr + t)
+            dst = k_cache_ptr + (slot * HKV + kh) * D
+            tl.store(dst + offs, o1.to(k_cache_ptr.dtype.element_ty))
+            tl.store(dst + half + offs, o2.to(k_cache_ptr.dtype.element_ty))
+            full = tl.arange(0, D)
+            v = tl.load(row + (H + HKV + kh) * D + full)
+            tl.store(v_cache_ptr + (slot * HKV + kh) * D + full, v)
+
+    return qk_rope_store
+
+
+def qk_rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
+                  q_weight: torch.Tensor | None, k_weight: torch.Tensor | None, eps: float,
+                  slots: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """qkv [T, (H + 2 Hkv) D] (rows contiguous); positions, slots [T] int64; cos_sin
+    [max_pos, D] f32 (cos | sin); k_cache, v_cache [num_slots, Hkv, D]. Writes K/V of every
+    token at its slot and returns q [T, H, D] (normed, rotated)."""
+    t = qkv.shape[0]
+    q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    if t == 0:
+        return q
+    has_norm = q_weight is not None
+    w = q_weight if has_norm else cos_sin  # unused pointer when there is no norm
+    _kernel()[(t, num_heads + num_kv_heads)](
+        qkv, qkv.stride(0), positions, cos_sin, w, k_weight if has_norm else w, slots, q,
+        k_cache, v_cache, eps, H=num_heads, HKV=num_kv_heads, D=head_dim, HAS_NORM=has_norm)
+    return q
+
+
+def qk_rope_store_reference(qkv: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
+                            q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
+                            eps: float, slots: torch.Tensor, k_cache: torch.Tensor,
+                            v_cache: torch.Tensor, num_heads: int, num_kv_heads: int,
+                            head_dim: int) -> torch.Tensor:
+    """The kernel's computation in PyTorch (float32 inside, like the kernel)."""
+    t, d = qkv.shape[0], head_dim
+    q, k, v = qkv.float().split([num_heads * d, num_kv_heads * d, num_kv_heads * d], dim=-1)
+    q, k = q.reshape(t, num_heads, d), k.reshape(t, num_kv_heads, d)
+    if q_weight is not None:
+        q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + eps) * q_weight.float()
+        k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + eps) * k_weight.float()
+    cos, sin = cos_sin[positions].float().chunk(2, dim=-1)  # [T, D/2] each
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def rotate(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    k_cache[slots] = rotate(k).to(k_cache.dtype)
+    v_cache[slots] = v.reshape(t, num_kv_heads, d).to(v_cache.dtype)
+    return rotate(q).to(qkv.dtype)
