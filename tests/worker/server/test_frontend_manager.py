@@ -151,3 +151,17 @@ def test_unencodable_text_is_an_invalid_request(tmp_path):
         assert fe.in_flight == 0
 
     _run(tmp_path, body)
+
+
+def test_merge_chunks_joins_a_run_of_one_choice_once():
+    from minisgl.message.frontend import ReplyChunk
+    from minisgl.server.frontend import merge_chunks
+
+    run = [ReplyChunk(1, 0, "a", [1], prompt_token_ids=[9], queue_time_s=0.5,
+                      num_output_tokens=1),
+           ReplyChunk(1, 0, "b", [2], num_output_tokens=2),
+           ReplyChunk(1, 0, "c", [3], finished=True, finish_reason="length", num_output_tokens=3)]
+    merged = merge_chunks(run)
+    assert merged == ReplyChunk(1, 0, "abc", [1, 2, 3], prompt_token_ids=[9], finished=True,
+                                finish_reason="length", num_output_tokens=3, queue_time_s=0.5)
+    assert merge_chunks(run[:1]) is run[0]

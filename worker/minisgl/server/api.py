@@ -252,6 +252,15 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def _fastapi(**kwargs) -> FastAPI:
+    """FastAPI without its built-in OpenTelemetry hooks (FastAPI >= 0.16x): we export our own
+    Prometheus metrics, and the hooks probe the OTel providers on every request."""
+    try:
+        return FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False}, **kwargs)
+    except TypeError:  # an older FastAPI: no such hooks
+        return FastAPI(**kwargs)
+
+
 def create_app(frontend, args) -> FastAPI:
     """Build the app around a FrontendManager; the lifespan starts and stops the frontend."""
 
@@ -263,8 +272,8 @@ def create_app(frontend, args) -> FastAPI:
         finally:
             await frontend.stop()
 
-    app = FastAPI(title="minisgl", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+    app = _fastapi(title="minisgl", version=__version__, lifespan=lifespan,
+                   docs_url=None, redoc_url=None)
     app.state.frontend = frontend
     app.state.created = int(time.time())
     app.state.api_key = getattr(args, "api_key", None) or os.environ.get("MINISGL_API_KEY") or None

@@ -133,6 +133,7 @@ class _Choice:
     top: list[list[tuple[int, float]]] = field(default_factory=list)
     finish_reason: str | None = None
     num_output_tokens: int = 0
+    text_len: int = 0  # len("".join(text)), kept so a stream's text_offset is O(1) per chunk
 
 
 class ResponseBuilder:
@@ -162,9 +163,11 @@ class ResponseBuilder:
         if chunk.prompt_logprobs is not None and self.prompt_logprobs[p] is None:
             self.prompt_logprobs[p] = list(chunk.prompt_logprobs)
         c.text.append(chunk.text)
+        c.text_len += len(chunk.text)
         c.token_ids += chunk.token_ids
-        c.logprobs += chunk.logprobs or []
-        c.top += chunk.top_logprobs or [[] for _ in (chunk.logprobs or [])]
+        if chunk.logprobs:
+            c.logprobs += chunk.logprobs
+            c.top += chunk.top_logprobs or [[] for _ in chunk.logprobs]
         c.num_output_tokens = max(c.num_output_tokens + len(chunk.token_ids),
                                   chunk.num_output_tokens)
         if chunk.finished:
@@ -233,10 +236,9 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
     try:
         async for p, chunk in run.chunks():
             idx = p * builder.n + chunk.index
-            start = len(builder.choices[idx].token_ids)
-            offset = sum(map(len, builder.choices[idx].text))  # text_offset of this chunk
-            builder.add(p, chunk)
             c = builder.choices[idx]
+            start, offset = len(c.token_ids), c.text_len  # offset: text_offset of this chunk
+            builder.add(p, chunk)
             choices = []
             if idx not in started:
                 started.add(idx)
@@ -259,8 +261,12 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
                 else:
                     choices.append({"index": idx, "text": chunk.text, "logprobs": lp,
                                     "finish_reason": fin})
-            for choice in choices:
-                yield sse(builder.chunk_obj([choice], usage=continuous_usage))
+            # One write for all events of this chunk (the same bytes as one write each).
+            if len(choices) == 1:
+                yield sse(builder.chunk_obj(choices, usage=continuous_usage))
+            elif choices:
+                yield b"".join(sse(builder.chunk_obj([choice], usage=continuous_usage))
+                               for choice in choices)
         if include_usage:
             yield sse(builder.chunk_obj([], usage=True))
     except Exception as e:  # the status line is gone: report in-band, then end the stream
