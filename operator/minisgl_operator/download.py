@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Mapping, NamedTuple
 
-from minisgl_operator.pod import (CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, SCRATCH_PATH, cache_env,
-                                  cache_volume, common_labels)
+from minisgl_operator.pod import (CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, SCRATCH_PATH, cache_volume,
+                                  common_labels, model_env)
 from minisgl_operator.spec import WorkerSpec
 
 BACKOFF_LIMIT = 4
@@ -34,7 +34,7 @@ def download_job_name(name: str, spec: WorkerSpec) -> str:
 def build_download_job(name: str, spec: WorkerSpec, metadata: dict) -> dict:
     """`metadata` comes from the builders (owner reference, labels); name and labels are set here."""
     volume, mount = cache_volume(spec)
-    env = cache_env(spec)
+    env = model_env(spec)
     if spec.token_secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": spec.token_secret.name, "key": spec.token_secret.key}}})

@@ -95,6 +95,15 @@ def cache_env(spec: WorkerSpec) -> list[dict]:
     ]
 
 
+def model_env(spec: WorkerSpec) -> list[dict]:
+    """The cache's env plus the Hub revision: minisgl.models resolves a repo id with
+    $MINISGL_MODEL_REVISION, so workers load exactly what the download Job fetched."""
+    env = cache_env(spec)
+    if spec.hub_model:
+        env.append({"name": "MINISGL_MODEL_REVISION", "value": spec.model_revision})
+    return env
+
+
 def cache_volume(spec: WorkerSpec) -> tuple[dict, dict]:
     """(volume, mount) of the model cache: the spec's PVC, else an emptyDir (the image's
     /models VOLUME is not writable under a read-only root filesystem)."""
@@ -107,7 +116,7 @@ def cache_volume(spec: WorkerSpec) -> tuple[dict, dict]:
 
 
 def _env(spec: WorkerSpec, offline: bool) -> list[dict]:
-    env = cache_env(spec)
+    env = model_env(spec)
     if offline:  # a download Job filled the cache: never fetch again from the pods
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if spec.token_secret is not None:

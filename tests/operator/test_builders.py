@@ -203,3 +203,22 @@ def test_service_monitor_labels_targets_as_annotation_scraping_does():
     [relabel] = sm["spec"]["endpoints"][0]["relabelings"]
     assert relabel == {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
                        "targetLabel": "app_kubernetes_io_instance"}
+
+
+@pytest.mark.parametrize("pvc", (False, True))
+def test_workers_and_download_job_load_the_spec_revision(pvc):
+    raw = make_spec(1, pvc, False, False, False)
+    raw["model"]["revision"] = "a1b2c3d"
+    objects = kinds_of(desired_objects(OWNER, parse_spec(raw), RolloutPlan(IN_PLACE, "x"), False))
+    env = {e["name"]: e.get("value") for e in objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MINISGL_MODEL_REVISION"] == "a1b2c3d"  # what minisgl.models resolves Hub repos with
+    if pvc:
+        job_env = {e["name"]: e.get("value") for e in objects["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert job_env["MINISGL_MODEL_REVISION"] == "a1b2c3d"
+
+
+def test_a_local_model_path_gets_no_revision():
+    raw = make_spec(1, False, False, False, False)
+    raw["model"]["path"] = "/models/qwen"
+    dep = kinds_of(desired_objects(OWNER, parse_spec(raw), RolloutPlan(IN_PLACE, "x"), False))["Deployment"]
+    assert "MINISGL_MODEL_REVISION" not in {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
