@@ -9,7 +9,7 @@ from typing import Mapping, NamedTuple
 from minisgl_operator import GROUP, KIND, VERSION
 from minisgl_operator.autoscaling import hpa_behavior
 from minisgl_operator.download import build_download_job
-from minisgl_operator.pod import build_pod_template, common_labels, selector_labels
+from minisgl_operator.pod import build_pod_template, common_labels, selector_labels, startup_budget
 from minisgl_operator.rollout import RolloutPlan
 from minisgl_operator.spec import WorkerSpec
 
@@ -56,7 +56,8 @@ def endpoint_url(owner: Owner, spec: WorkerSpec) -> str:
     return f"http://{owner.name}.{owner.namespace}.svc:{spec.service_port}/v1"
 
 
-def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan, offline: bool = False) -> dict:
+def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan, offline: bool = False,
+                     model_bytes: int | None = None) -> dict:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -67,7 +68,7 @@ def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan, offline:
             "strategy": plan.strategy,
             "progressDeadlineSeconds": spec.progress_deadline_seconds,
             "revisionHistoryLimit": 5,
-            "template": build_pod_template(owner.name, spec, offline),
+            "template": build_pod_template(owner.name, spec, offline, model_bytes),
         },
     }
 
@@ -100,7 +101,8 @@ def _quantity(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
 
 
-def build_hpa(owner: Owner, spec: WorkerSpec, time_to_ready: int | None = None) -> dict:
+def build_hpa(owner: Owner, spec: WorkerSpec, time_to_ready: int | None = None,
+              model_bytes: int | None = None) -> dict:
     """Scales the MiniSGLDeployment through its scale subresource, like `kubectl scale` does.
     `time_to_ready`: measured on this resource's pods; until then the startup budget."""
     if spec.autoscaling is None:
@@ -121,7 +123,7 @@ def build_hpa(owner: Owner, spec: WorkerSpec, time_to_ready: int | None = None) 
                     "target": {"type": "AverageValue", "averageValue": _quantity(a.target)},
                 },
             }],
-            "behavior": hpa_behavior(time_to_ready or spec.startup_timeout_seconds),
+            "behavior": hpa_behavior(time_to_ready or startup_budget(spec, model_bytes)),
         },
     }
 
@@ -153,18 +155,20 @@ def build_job(owner: Owner, spec: WorkerSpec) -> dict:
 def desired_objects(
     owner: Owner, spec: WorkerSpec, plan: RolloutPlan, service_monitor_available: bool,
     monitor_labels: Mapping[str, str] | None = None, downloaded: bool = True, time_to_ready: int | None = None,
+    model_bytes: int | None = None,
 ) -> list[dict]:
     """Every object this MiniSGLDeployment should own right now, in apply order. While the
-    download Job has not finished (`downloaded` False), no Deployment: no pod starts early."""
+    download Job has not finished (`downloaded` False), no Deployment: no pod starts early.
+    `model_bytes`: the snapshot size the finished Job reported (sets the startup budget)."""
     objects = [build_service(owner, spec)]
     if spec.download_job:
         objects.append(build_job(owner, spec))
     if downloaded:
-        objects.append(build_deployment(owner, spec, plan, offline=spec.download_job))
+        objects.append(build_deployment(owner, spec, plan, offline=spec.download_job, model_bytes=model_bytes))
     if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         objects.append(build_pdb(owner, spec))
     if spec.autoscaling is not None:
-        objects.append(build_hpa(owner, spec, time_to_ready))
+        objects.append(build_hpa(owner, spec, time_to_ready, model_bytes))
     if spec.service_monitor and service_monitor_available:
         objects.append(build_service_monitor(owner, spec, monitor_labels))
     return objects

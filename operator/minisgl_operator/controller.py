@@ -65,8 +65,8 @@ def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[
         raise kopf.PermanentError(f"invalid spec: {e}") from e
     owner = Owner(meta["name"], meta["namespace"], meta["uid"])
     try:
-        plan, download = reconciler.apply(owner, spec, status)
-        update = reconciler.observe(owner, spec, generation, plan, download, status)
+        applied = reconciler.apply(owner, spec, status)
+        update = reconciler.observe(owner, spec, generation, applied, status)
     except ObjectInTheWay as e:
         fail("ObjectInTheWay", str(e))
         raise kopf.TemporaryError(str(e), delay=IN_THE_WAY_RETRY_SECONDS) from e

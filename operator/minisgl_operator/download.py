@@ -3,19 +3,27 @@ starts, so N replicas do not each pull the weights (pure builders and the Job's 
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, NamedTuple
+import json
+from typing import Mapping, NamedTuple, Sequence
 
 from minisgl_operator.pod import (CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, SCRATCH_PATH, cache_volume,
                                   common_labels, model_env)
 from minisgl_operator.spec import WorkerSpec
 
 BACKOFF_LIMIT = 4
+TERMINATION_LOG = "/dev/termination-log"  # the kubelet's own mount: writable under a read-only root
 # snapshot_download resumes partial files, so a retried pod continues where the last one stopped.
+# argv: termination log, repo, revision. The snapshot's files are symlinks into blobs/: getsize
+# follows them, so the size is that of the weights the workers will read.
 SCRIPT = (
-    "import os, sys\n"
+    "import json, os, sys\n"
     "from huggingface_hub import snapshot_download\n"
-    "path = snapshot_download(sys.argv[1], revision=sys.argv[2], token=os.environ.get('HF_TOKEN') or None)\n"
-    "print('downloaded', sys.argv[1], sys.argv[2], 'to', path, flush=True)\n"
+    "log, repo, revision = sys.argv[1:4]\n"
+    "path = snapshot_download(repo, revision=revision, token=os.environ.get('HF_TOKEN') or None)\n"
+    "size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)\n"
+    "with open(log, 'w') as f:\n"
+    "    json.dump({'modelBytes': size}, f)\n"
+    "print('downloaded', repo, revision, 'to', path, size, 'bytes', flush=True)\n"
 )
 
 
@@ -49,7 +57,10 @@ def build_download_job(name: str, spec: WorkerSpec, metadata: dict) -> dict:
         "containers": [{
             "name": "download",
             "image": spec.image,
-            "command": ["python", "-c", SCRIPT, spec.model_path, spec.model_revision],
+            "command": ["python", "-c", SCRIPT, TERMINATION_LOG, spec.model_path, spec.model_revision],
+            "terminationMessagePath": TERMINATION_LOG,
+            # A failed download shows the tail of its log in the pod's status instead.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "env": env,
             "volumeMounts": [mount, {"name": "scratch", "mountPath": SCRATCH_PATH}],
             "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
@@ -91,3 +102,28 @@ def download_state(job: Mapping | None) -> DownloadState:
             return DownloadState(False, True, f"Job {name} failed: {cond.get('reason')}: {cond.get('message') or ''}".rstrip(": "))
     active, failed = int(status.get("active") or 0), int(status.get("failed") or 0)
     return DownloadState(False, False, f"Job {name}: {active} active, {failed} failed of {BACKOFF_LIMIT + 1} attempts")
+
+
+def reported_model_bytes(job_name: str, pods: Sequence[Mapping]) -> int | None:
+    """The snapshot size a succeeded pod of the Job wrote to its termination message, or None
+    (no such pod cached, or a Job of an older operator that reported nothing)."""
+    for pod in pods:
+        refs = pod["metadata"].get("ownerReferences") or ()
+        if not any(r.get("kind") == "Job" and r.get("name") == job_name for r in refs):
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") != 0:
+                continue
+            try:
+                size = int(json.loads(terminated.get("message") or "")["modelBytes"])
+            except (ValueError, TypeError, KeyError):
+                continue
+            if size > 0:
+                return size
+    return None
+
+
+def has_pod(job_name: str, pods: Sequence[Mapping]) -> bool:
+    return any(r.get("kind") == "Job" and r.get("name") == job_name
+               for p in pods for r in p["metadata"].get("ownerReferences") or ())

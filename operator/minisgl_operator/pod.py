@@ -10,6 +10,12 @@ from minisgl_operator.spec import WorkerSpec
 PRESTOP_SLEEP_SECONDS = 10  # endpoints drop the pod before SIGTERM reaches the worker
 GRACE_MARGIN_SECONDS = 30
 STARTUP_PERIOD_SECONDS = 10
+# The startup budget (see startup_budget): a fixed part for what does not scale with the weights
+# (process start, torch.compile / JIT, CUDA graph capture, warm-up) plus reading the weights at a
+# rate that even network block storage sustains; without a measured size, a flat half hour.
+DEFAULT_STARTUP_SECONDS = 1800
+STARTUP_BASE_SECONDS = 600
+LOAD_BYTES_PER_SECOND = 50 * 2**20
 WORKER_UID = 10001  # the user Dockerfile.worker creates; fsGroup makes fresh volumes writable to it
 SCRATCH_PATH = "/tmp"  # the root filesystem is read-only: ipc sockets and JIT caches go here
 
@@ -141,7 +147,17 @@ def _resources(spec: WorkerSpec) -> dict:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
-def _probes(spec: WorkerSpec) -> dict:
+def startup_budget(spec: WorkerSpec, model_bytes: int | None = None) -> int:
+    """Seconds a worker may take from start to /health. With a download Job that measured the
+    snapshot (`model_bytes`): 600 s + bytes / 50 MiB/s, never below an explicit
+    spec.probes.startupTimeoutSeconds; otherwise that value, or 1800 s when unset."""
+    if spec.download_job and model_bytes:
+        derived = STARTUP_BASE_SECONDS + math.ceil(model_bytes / LOAD_BYTES_PER_SECOND)
+        return max(derived, spec.startup_timeout_seconds or 0)
+    return spec.startup_timeout_seconds or DEFAULT_STARTUP_SECONDS
+
+
+def _probes(spec: WorkerSpec, model_bytes: int | None) -> dict:
     def http(path: str, period: int, failures: int) -> dict:
         return {
             "httpGet": {"path": path, "port": "http"},
@@ -150,7 +166,7 @@ def _probes(spec: WorkerSpec) -> dict:
             "failureThreshold": failures,
         }
 
-    startup_failures = max(1, math.ceil(spec.startup_timeout_seconds / STARTUP_PERIOD_SECONDS))
+    startup_failures = max(1, math.ceil(startup_budget(spec, model_bytes) / STARTUP_PERIOD_SECONDS))
     return {
         "startupProbe": http("/health", STARTUP_PERIOD_SECONDS, startup_failures),
         "readinessProbe": http("/ready", 5, 3),
@@ -162,9 +178,10 @@ def termination_grace_seconds(spec: WorkerSpec) -> int:
     return PRESTOP_SLEEP_SECONDS + spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS
 
 
-def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False) -> dict:
+def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False, model_bytes: int | None = None) -> dict:
     """The Deployment's pod template, with spec.podTemplate merged over it last. `offline`:
-    the model is already in the cache (a download Job filled it)."""
+    the model is already in the cache (a download Job filled it); `model_bytes`: the size that
+    Job reported, which sets the startup budget."""
     cache, cache_mount = cache_volume(spec)
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "scratch", "mountPath": SCRATCH_PATH}, cache_mount]
     volumes: list[dict] = [
@@ -181,7 +198,7 @@ def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False) -> di
         "env": _env(spec, offline),
         "resources": _resources(spec),
         "volumeMounts": mounts,
-        **_probes(spec),
+        **_probes(spec, model_bytes),
         "lifecycle": {"preStop": PRESTOP},
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
     }

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
+import kopf
 from kubernetes.client.rest import ApiException
 
 from minisgl_operator.autoscaling import measured_time_to_ready
 from minisgl_operator.builders import Owner, build_job, desired_objects, endpoint_url, stale_kinds
-from minisgl_operator.download import DownloadState, download_state
+from minisgl_operator.download import DownloadState, download_state, has_pod, reported_model_bytes
 from minisgl_operator.kube import Kube, object_path
 from minisgl_operator.ownership import (TEMPLATE_HASH_ANNOTATION, ObjectInTheWay, applied_hash, describe_owner,
                                         digest, owned_by, stamp)
@@ -29,6 +30,11 @@ from minisgl_operator.store import Store
 
 logger = logging.getLogger(__name__)
 
+# A Job's Complete and its pod's Succeeded arrive on two watches: wait this long for the pod (and
+# its size report) before starting workers with the default budget, or they roll out twice.
+REPORT_WAIT_SECONDS = 30
+REPORT_RETRY_SECONDS = 2
+
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -36,6 +42,21 @@ def utc_now() -> str:
 
 def selector_string(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
+
+
+class Applied(NamedTuple):
+    plan: RolloutPlan
+    download: DownloadState | None  # None: no download Job, or it finished
+    model_bytes: int | None  # the snapshot size the finished download Job reported
+    download_job: str | None  # the Job that reported it
+
+
+def _completed_within(job: Mapping | None, seconds: float) -> bool:
+    stamp_ = ((job or {}).get("status") or {}).get("completionTime")
+    if not stamp_:
+        return True  # Complete without a time: as fresh as it gets
+    done = datetime.strptime(stamp_, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - done).total_seconds() < seconds
 
 
 @dataclass
@@ -91,7 +112,9 @@ class Reconciler:
             current = self.kube.get(object_path(obj["apiVersion"], kind, owner.namespace, name))
         if current is not None and not owned_by(current, owner.uid):
             raise ObjectInTheWay(kind, owner.namespace, name, describe_owner(current))
-        if current is not None and applied_hash(current) == applied_hash(obj):
+        if current is not None and (kind == "Job" or applied_hash(current) == applied_hash(obj)):
+            # A Job's pod template is immutable, and its name already says what it fetches
+            # (model@revision): an image or env change must not be rejected, nor re-download.
             return
         logger.info("applying %s %s/%s", kind, owner.namespace, name)
         self.kube.apply(obj)
@@ -100,26 +123,31 @@ class Reconciler:
         return [p for p in self.store.belonging_to("Pod", owner.namespace, owner.name)
                 if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "worker"]
 
-    def apply(self, owner: Owner, spec: WorkerSpec, status: Mapping | None = None
-              ) -> tuple[RolloutPlan, DownloadState | None]:
-        """`status`: the resource's current status (its last measured time to ready)."""
-        self.time_to_ready = (measured_time_to_ready(self.worker_pods(owner))
-                              or (status or {}).get("timeToReadySeconds"))
-        download = None
+    def apply(self, owner: Owner, spec: WorkerSpec, status: Mapping | None = None) -> Applied:
+        """`status`: the resource's current status (its last measured time to ready, model size)."""
+        status = status or {}
+        time_to_ready = measured_time_to_ready(self.worker_pods(owner)) or status.get("timeToReadySeconds")
+        download, model_bytes, job_name = None, None, None
         if spec.download_job:
-            job = build_job(owner, spec)
-            self.ensure(owner, job)
-            download = download_state(self.store.get("Job", owner.namespace, job["metadata"]["name"]))
+            job_body = build_job(owner, spec)
+            self.ensure(owner, job_body)
+            job_name = job_body["metadata"]["name"]
+            job = self.store.get("Job", owner.namespace, job_name)
+            download = download_state(job)
+            if download.done:
+                model_bytes = self._model_bytes(owner, job_name, job, status)
+            else:  # what the running Deployment was built with, until the new Job finishes
+                model_bytes, job_name = status.get("modelBytes"), status.get("downloadJob")
         downloaded = download is None or download.done
         current = self.store.get("Deployment", owner.namespace, owner.name)
-        probe = desired_objects(owner, spec, RolloutPlan(SURGE, ""), False, downloaded=True)
+        probe = desired_objects(owner, spec, RolloutPlan(SURGE, ""), False, downloaded=True, model_bytes=model_bytes)
         template = next(o for o in probe if o["kind"] == "Deployment")["spec"]["template"]
         template_hash = digest(template)
         plan = (self.rollout_plan(owner, spec, current, template_hash) if downloaded
                 else RolloutPlan(SURGE, "waiting for the model download"))
         monitor_api = self.options.service_monitor_api
         objects = desired_objects(owner, spec, plan, monitor_api, self.options.monitor_labels, downloaded,
-                                  self.time_to_ready)
+                                  time_to_ready, model_bytes)
         for obj in objects:
             if obj["kind"] == "Deployment":
                 obj["metadata"]["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash}
@@ -134,7 +162,21 @@ class Reconciler:
                 self.kube.delete(object_path(api_version, kind, owner.namespace, owner.name))
         if download is not None and download.done:
             self._prune_old_jobs(owner, spec)
-        return plan, (None if download is None or download.done else download)
+        return Applied(plan, None if downloaded else download, model_bytes, job_name if model_bytes else None)
+
+    def _model_bytes(self, owner: Owner, job_name: str, job: Mapping | None, status: Mapping) -> int | None:
+        """The size the finished Job's pod reported; else the one recorded for this Job in the
+        status (the pod may be garbage-collected since); else None (the spec's budget)."""
+        pods = self.store.belonging_to("Pod", owner.namespace, owner.name)
+        size = reported_model_bytes(job_name, pods)
+        if size is not None:
+            return size
+        if status.get("downloadJob") == job_name and status.get("modelBytes"):
+            return int(status["modelBytes"])
+        if not has_pod(job_name, pods) and _completed_within(job, REPORT_WAIT_SECONDS):
+            raise kopf.TemporaryError(f"Job {job_name} completed; waiting for its pod's report of the model size",
+                                      delay=REPORT_RETRY_SECONDS)
+        return None
 
     def _prune_old_jobs(self, owner: Owner, spec: WorkerSpec) -> None:
         keep = build_job(owner, spec)["metadata"]["name"]
@@ -143,8 +185,8 @@ class Reconciler:
                 self.kube.delete(object_path("batch/v1", "Job", owner.namespace, job["metadata"]["name"]))
 
     # -- observe ------------------------------------------------------------------------------------
-    def observe(self, owner: Owner, spec: WorkerSpec, generation: int, plan: RolloutPlan,
-                download: DownloadState | None, previous: Mapping | None) -> StatusUpdate:
+    def observe(self, owner: Owner, spec: WorkerSpec, generation: int, applied: Applied,
+                previous: Mapping | None) -> StatusUpdate:
         deployment = self.store.get("Deployment", owner.namespace, owner.name)
         if deployment is not None and not owned_by(deployment, owner.uid):
             deployment = None
@@ -157,13 +199,16 @@ class Reconciler:
             pods=pods,
             endpoint=endpoint_url(owner, spec),
             selector=selector_string(owner.name),
-            rollout=plan.description,
+            rollout=applied.plan.description,
             previous=previous,
             now=utc_now(),
             pod_events=events,
-            download=download,
+            download=applied.download,
         )
         ttr = measured_time_to_ready(pods) or (previous or {}).get("timeToReadySeconds")
         if ttr:
             update.status["timeToReadySeconds"] = ttr
+        # None removes the field (a merge patch): no download Job, no measured size.
+        update.status["modelBytes"] = applied.model_bytes
+        update.status["downloadJob"] = applied.download_job
         return update

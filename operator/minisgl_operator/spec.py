@@ -80,7 +80,7 @@ class WorkerSpec:
     affinity: dict | None = None
     priority_class_name: str | None = None
     runtime_class_name: str | None = None
-    startup_timeout_seconds: int = 1800
+    startup_timeout_seconds: int | None = None  # unset: derived from the model's size (pod.startup_budget)
     drain_timeout_seconds: int = 120
     rollout_strategy: str = "Auto"
     progress_deadline_seconds: int = 3600
@@ -230,7 +230,7 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> Wor
         affinity=scheduling.get("affinity"),
         priority_class_name=scheduling.get("priorityClassName"),
         runtime_class_name=scheduling.get("runtimeClassName"),
-        startup_timeout_seconds=_int(probes.get("startupTimeoutSeconds", 1800), "probes.startupTimeoutSeconds", 10),
+        startup_timeout_seconds=_opt_int(probes.get("startupTimeoutSeconds"), "probes.startupTimeoutSeconds", 10),
         drain_timeout_seconds=_int(shutdown.get("drainTimeoutSeconds", 120), "shutdown.drainTimeoutSeconds", 0),
         rollout_strategy=_choice(rollout.get("strategy", "Auto"), STRATEGIES, "rollout.strategy"),
         progress_deadline_seconds=_int(rollout.get("progressDeadlineSeconds", 3600), "rollout.progressDeadlineSeconds", 60),

@@ -67,7 +67,7 @@ def test_defaults_are_filled_in(cluster):
     spec = json.loads(cluster.kubectl("get", "msgl", "defaults", "-n", NS, "-o", "json").stdout)["spec"]
     assert spec["replicas"] == 1
     assert spec["engine"]["tensorParallelSize"] == 1 and spec["engine"]["device"] == "cuda"
-    assert spec["probes"]["startupTimeoutSeconds"] == 1800
+    assert "startupTimeoutSeconds" not in spec["probes"]  # unset: derived from the model's size
     assert spec["rollout"]["strategy"] == "Auto"
     assert spec["service"] == {"type": "ClusterIP", "port": 8000}
 

@@ -4,12 +4,16 @@ OOMKilled workers, and the download Job that gates the workers. Each reason must
 resource's status from a watch event (the operator's resync is minutes)."""
 from __future__ import annotations
 
+import json
+import math
+from datetime import datetime, timezone
+
 import pytest
 
 from minisgl_operator.kube import Kube, object_path
 from tests.e2e.kube import cluster, operator, wait_for  # noqa: F401 - fixtures
 from tests.e2e.resources import (TIMEOUT, condition, create, events, get, kube, make_namespace,  # noqa: F401
-                                 mark_ready, msgl, ns, pods, write_pod_status)
+                                 mark_ready, msgl, ns, patch_spec, pods, write_pod_status)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
@@ -141,3 +145,64 @@ def test_download_job_gates_the_workers_and_phases_come_in_order(kube, ns, opera
         phase = steps[phase]
         chain.append(phase)
     assert chain[0] == "Downloading" and chain[-1] == "Ready" and "Downloading" not in chain[1:], chain
+
+
+def run_download_pod(kube: Kube, ns: str, job: dict, message: str) -> None:
+    """What the job controller and the kubelet would do: a pod from the Job's template that
+    succeeds and leaves `message` as its container's termination message."""
+    meta = job["metadata"]
+    labels = {**job["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": meta["name"]}
+    pod = kube.request("POST", object_path("v1", "Pod", ns), body={
+        "metadata": {"name": f"{meta['name']}-x1", "labels": labels, "ownerReferences": [{
+            "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"], "controller": True}]},
+        "spec": job["spec"]["template"]["spec"]})
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    write_pod_status(kube, pod, {"phase": "Succeeded", "containerStatuses": [{
+        "name": "download", "ready": False, "restartCount": 0, "image": "img", "imageID": "",
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message,
+                                 "startedAt": now, "finishedAt": now}}}]})
+
+
+def complete_job(kube: Kube, ns: str, name: str) -> None:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kube.request("PATCH", object_path("batch/v1", "Job", ns, name) + "/status",
+                 content_type="application/merge-patch+json", body={"status": {
+                     "active": 0, "succeeded": 1, "startTime": now, "completionTime": now, "conditions": [
+                         {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now, "lastProbeTime": now},
+                         {"type": "Complete", "status": "True", "lastTransitionTime": now, "lastProbeTime": now}]}})
+
+
+def test_startup_budget_scales_with_the_size_the_download_reported_and_workers_load_its_revision(kube, ns, operator):
+    size = 140 * 10**9  # a 70B model in bf16
+    create(kube, ns, "big", model={"path": "meta-llama/Llama-3.1-70B", "revision": "c0ffee1", "cache": {"pvcName": "m"}})
+    job = wait_for(lambda: kube.list(object_path("batch/v1", "Job", ns)), TIMEOUT, "download Job")[0]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    run_download_pod(kube, ns, job, json.dumps({"modelBytes": size}))
+    complete_job(kube, ns, job["metadata"]["name"])
+    dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "big"), TIMEOUT, "Deployment after the download")
+    worker = dep["spec"]["template"]["spec"]["containers"][0]
+    probe = worker["startupProbe"]
+    budget = 600 + math.ceil(size / (50 * 2**20))  # docs/kubernetes.md: 600 s + bytes / 50 MiB/s
+    assert probe["failureThreshold"] * probe["periodSeconds"] == math.ceil(budget / 10) * 10 > 1800
+    assert {"name": "MINISGL_MODEL_REVISION", "value": "c0ffee1"} in worker["env"]
+    status = wait_for(lambda: msgl(kube, ns, "big").get("status", {}).get("modelBytes") and msgl(kube, ns, "big")["status"],
+                      TIMEOUT, "status.modelBytes")
+    assert status["modelBytes"] == size and status["downloadJob"] == job["metadata"]["name"]
+    assert dep["metadata"]["generation"] == 1  # built once, with the size: no second rollout
+    # A new image does not touch the finished Job (its template is immutable): no ApplyRejected.
+    patch_spec(kube, ns, "big", {"image": "ghcr.io/x/minisgl-worker:0.2.0"})
+    wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "big")["spec"]["template"]["spec"]["containers"][0]["image"]
+             == "ghcr.io/x/minisgl-worker:0.2.0", TIMEOUT, "new image rolled out")
+    assert condition(msgl(kube, ns, "big"), "Degraded").get("reason") != "ApplyRejected"
+    assert get(kube, "batch/v1", "Job", ns, job["metadata"]["name"])["spec"]["template"] == job["spec"]["template"]
+    dep = get(kube, "apps/v1", "Deployment", ns, "big")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["startupProbe"] == probe  # the size survives
+
+
+def test_without_a_download_job_the_spec_sets_the_startup_budget(kube, ns, operator):
+    create(kube, ns, "flat", probes={"startupTimeoutSeconds": 900})
+    dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "flat"), TIMEOUT, "Deployment")
+    probe = dep["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["failureThreshold"] * probe["periodSeconds"] == 900
+    assert "modelBytes" not in msgl(kube, ns, "flat").get("status", {})

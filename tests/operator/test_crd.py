@@ -49,7 +49,8 @@ def test_schema_defaults_match_the_parsed_defaults():
     s = schema()
     parsed = spec_mod.parse_spec({"image": "i", "model": {"path": "m"}})
     assert s["replicas"]["default"] == parsed.replicas
-    assert s["probes"]["properties"]["startupTimeoutSeconds"]["default"] == parsed.startup_timeout_seconds
+    # No default: an unset budget is derived from the model's size (pod.startup_budget).
+    assert "default" not in s["probes"]["properties"]["startupTimeoutSeconds"] and parsed.startup_timeout_seconds is None
     assert s["shutdown"]["properties"]["drainTimeoutSeconds"]["default"] == parsed.drain_timeout_seconds
     assert s["service"]["properties"]["port"]["default"] == parsed.service_port
     assert s["rollout"]["properties"]["progressDeadlineSeconds"]["default"] == parsed.progress_deadline_seconds

@@ -14,7 +14,7 @@ def spec(**overrides):
 def test_defaults_give_one_gpu_per_rank_and_a_long_startup():
     s = parse_spec(BASE)
     assert (s.replicas, s.tp_size, s.gpu, s.device) == (1, 1, 1, "cuda")
-    assert s.startup_timeout_seconds == 1800
+    assert s.startup_timeout_seconds is None  # unset: pod.startup_budget decides (1800 s without a size)
     assert s.rollout_strategy == "Auto"
     assert s.served_name == "Qwen/Qwen3-8B"
 
