@@ -22,6 +22,7 @@ OPTIONAL_KINDS = (
 )
 
 
+NAME = "app.kubernetes.io/name"
 INSTANCE = "app.kubernetes.io/instance"
 
 
@@ -140,10 +141,11 @@ def build_service_monitor(owner: Owner, spec: WorkerSpec, labels: Mapping[str, s
         "spec": {
             "selector": {"matchLabels": selector_labels(owner.name)},
             "endpoints": [{"port": "http", "path": "/metrics", "interval": spec.monitor_interval,
-                           # The dashboards select a deployment by this label, which an annotation-based
-                           # Prometheus gets from its usual labelmap of pod labels: one name both ways.
-                           "relabelings": [{"sourceLabels": [f"__meta_kubernetes_pod_label_{_prom(INSTANCE)}"],
-                                            "targetLabel": _prom(INSTANCE)}]}],
+                           # Dashboards and alerts select workers and deployments by these labels, which an
+                           # annotation-based Prometheus gets from its usual labelmap of pod labels: one
+                           # name both ways.
+                           "relabelings": [{"sourceLabels": [f"__meta_kubernetes_pod_label_{_prom(label)}"],
+                                            "targetLabel": _prom(label)} for label in (NAME, INSTANCE)]}],
         },
     }
 

@@ -13,9 +13,20 @@ from tests.charts.helm import by_kind, helm_binary, render, require_binary
 
 pytestmark = pytest.mark.e2e
 
-W = 'namespace="ns", job="q", pod="q-0", container="worker", endpoint="http"'
-M = 'namespace="ns", job="q", pod="q-0", model="m"'
-LABELS = {"namespace": "ns", "job": "q", "pod": "q-0", "model": "m"}
+# A worker target as the operator's ServiceMonitor labels it, and one scraped by pod annotations
+# (one job for every pod, no container/endpoint; the pod labels through the usual labelmap).
+POD_LABELS = 'app_kubernetes_io_name="minisgl-worker", app_kubernetes_io_instance="q"'
+W = f'namespace="ns", job="q", pod="q-0", container="worker", endpoint="http", {POD_LABELS}'
+A = ('namespace="ns", job="kubernetes-pods", pod="a-0", app_kubernetes_io_name="minisgl-worker", '
+     'app_kubernetes_io_instance="a"')
+M = f'namespace="ns", job="q", pod="q-0", model="m", {POD_LABELS}'
+I = "app_kubernetes_io_instance"
+LABELS = {"namespace": "ns", I: "q", "pod": "q-0", "model": "m"}  # what the per-pod aggregations keep
+SERIES = {"namespace": "ns", "job": "q", "pod": "q-0", "model": "m", "app_kubernetes_io_name": "minisgl-worker", I: "q"}
+W_LABELS = {"namespace": "ns", "job": "q", "pod": "q-0", "container": "worker", "endpoint": "http",
+            "app_kubernetes_io_name": "minisgl-worker", I: "q"}
+A_LABELS = {"namespace": "ns", "job": "kubernetes-pods", "pod": "a-0", "app_kubernetes_io_name": "minisgl-worker",
+            I: "a"}
 DESC = {
     "MiniSGLKVCacheNearFull": "KV cache usage has stayed above 0.95 for 15 minutes; requests queue for pages. "
                               "Scale out or raise memoryRatio.",
@@ -49,9 +60,8 @@ CASES = [
     case({f"up{{{W}}}": "1x10 0x10", f"minisgl_server_ready{{{M}}}": "1x10 _x10",
           'up{namespace="ns", job="other", pod="o-0"}': "0x20"}, [
         ("12m", "MiniSGLServerDown", []),
-        ("15m", "MiniSGLServerDown", [alert("MiniSGLServerDown", {
-            "namespace": "ns", "job": "q", "pod": "q-0", "container": "worker", "endpoint": "http",
-            "severity": "critical"}, "minisgl worker ns/q-0 is down")]),
+        ("15m", "MiniSGLServerDown", [alert("MiniSGLServerDown", {**W_LABELS, "severity": "critical"},
+                                            "minisgl worker ns/q-0 is down")]),
     ]),
     case({f"minisgl_last_step_timestamp_seconds{{{M}}}": "60x20", f"minisgl_num_waiting_requests{{{M}}}": "3x20",
           f"minisgl_num_running_requests{{{M}}}": "0x20",
@@ -59,14 +69,14 @@ CASES = [
           'minisgl_num_waiting_requests{namespace="ns", job="q", pod="idle", model="m"}': "0x20",
           'minisgl_num_running_requests{namespace="ns", job="q", pod="idle", model="m"}': "0x20"}, [
         ("3m", "MiniSGLSchedulerStalled", []),
-        ("6m", "MiniSGLSchedulerStalled", [alert("MiniSGLSchedulerStalled", {**LABELS, "severity": "critical"},
+        ("6m", "MiniSGLSchedulerStalled", [alert("MiniSGLSchedulerStalled", {**SERIES, "severity": "critical"},
                                                  "minisgl scheduler stalled on ns/q-0")]),
     ]),
     case({f'minisgl_time_to_first_token_seconds_bucket{{{M}, le="1"}}': "0x30",
           f'minisgl_time_to_first_token_seconds_bucket{{{M}, le="20"}}': "0+10x30",
           f'minisgl_time_to_first_token_seconds_bucket{{{M}, le="+Inf"}}': "0+10x30"}, [
         ("8m", "MiniSGLTTFTHigh", []),
-        ("20m", "MiniSGLTTFTHigh", [alert("MiniSGLTTFTHigh", {"namespace": "ns", "job": "q", "model": "m",
+        ("20m", "MiniSGLTTFTHigh", [alert("MiniSGLTTFTHigh", {"namespace": "ns", I: "q", "model": "m",
                                                               "severity": "warning"},
                                           "TTFT p99 of ns/q above 10s",
                                           "p99 time to first token is 19.81s; add replicas or lower max running "
@@ -74,18 +84,36 @@ CASES = [
     ]),
     case({f'minisgl_requests_total{{{M}, status="error"}}': "0+1x30",
           f'minisgl_requests_total{{{M}, status="success"}}': "0+9x30",
-          'minisgl_requests_total{namespace="ns", job="ok", pod="ok-0", model="m", status="error"}': "0x30",
-          'minisgl_requests_total{namespace="ns", job="ok", pod="ok-0", model="m", status="success"}': "0+9x30"}, [
+          # Another deployment in the same scrape job (annotation scraping) does not dilute the ratio.
+          f'minisgl_requests_total{{namespace="ns", job="q", pod="ok-0", model="m", {I}="ok", status="error"}}': "0x30",
+          f'minisgl_requests_total{{namespace="ns", job="q", pod="ok-0", model="m", {I}="ok", status="success"}}':
+              "0+9x30"}, [
         ("8m", "MiniSGLErrorRatioHigh", []),
-        ("20m", "MiniSGLErrorRatioHigh", [alert("MiniSGLErrorRatioHigh", {"namespace": "ns", "job": "q", "model": "m",
+        ("20m", "MiniSGLErrorRatioHigh", [alert("MiniSGLErrorRatioHigh", {"namespace": "ns", I: "q", "model": "m",
                                                                           "severity": "critical"},
                                                 "10% of requests to ns/q fail")]),
     ]),
-    case({f"up{{{W}}}": "0x40", 'up{namespace="ns", job="other", pod="o-0"}': "0x40"}, [
+    # Both scrape paths: the ServiceMonitor's target and an annotation-scraped one; not other pods.
+    case({f"up{{{W}}}": "0x40", f"up{{{A}}}": "0x40", 'up{namespace="ns", job="other", pod="o-0"}': "0x40",
+          'up{namespace="ns", job="kubernetes-pods", pod="x-0", app_kubernetes_io_instance="x"}': "0x40"}, [
         ("25m", "MiniSGLPodNotReady", []),
-        ("35m", "MiniSGLPodNotReady", [alert("MiniSGLPodNotReady", {
-            "namespace": "ns", "job": "q", "pod": "q-0", "container": "worker", "endpoint": "http",
-            "severity": "warning"}, "minisgl worker ns/q-0 not ready for 30m")]),
+        ("35m", "MiniSGLPodNotReady", [
+            alert("MiniSGLPodNotReady", {**W_LABELS, "severity": "warning"}, "minisgl worker ns/q-0 not ready for 30m"),
+            alert("MiniSGLPodNotReady", {**A_LABELS, "severity": "warning"}, "minisgl worker ns/a-0 not ready for 30m")]),
+    ]),
+    # Annotation scraping puts two deployments in one job: TTFT is judged per deployment.
+    case({f'minisgl_time_to_first_token_seconds_bucket{{{A}, model="m", le="1"}}': "0x30",
+          f'minisgl_time_to_first_token_seconds_bucket{{{A}, model="m", le="20"}}': "0+10x30",
+          f'minisgl_time_to_first_token_seconds_bucket{{{A}, model="m", le="+Inf"}}': "0+10x30",
+          'minisgl_time_to_first_token_seconds_bucket{namespace="ns", job="kubernetes-pods", pod="b-0", '
+          f'{I}="b", model="m", le="1"}}': "0+1000x30",
+          'minisgl_time_to_first_token_seconds_bucket{namespace="ns", job="kubernetes-pods", pod="b-0", '
+          f'{I}="b", model="m", le="+Inf"}}': "0+1000x30"}, [
+        ("20m", "MiniSGLTTFTHigh", [alert("MiniSGLTTFTHigh", {"namespace": "ns", I: "a", "model": "m",
+                                                              "severity": "warning"},
+                                          "TTFT p99 of ns/a above 10s",
+                                          "p99 time to first token is 19.81s; add replicas or lower max running "
+                                          "requests.")]),
     ]),
 ]
 

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 # As the operator's ServiceMonitor labels a target (and an annotation-based Prometheus, through
 # its labelmap of pod labels): app_kubernetes_io_instance is the MiniSGLDeployment.
 TARGET = {"namespace": "default", "service": "qwen3", "pod": "qwen3-0", "container": "worker", "endpoint": "http",
-          "app_kubernetes_io_instance": "qwen3"}
+          "app_kubernetes_io_name": "minisgl-worker", "app_kubernetes_io_instance": "qwen3"}
 JOB = "qwen3"
 MODEL = "demo"
 VARIABLES = {"datasource": "prometheus", "namespace": "default", "deployment": JOB, "model": MODEL, "pod": "qwen3-0"}
@@ -200,6 +200,12 @@ def test_every_alert_expression_parses_and_names_live_series(alert_rules: dict, 
     # Prometheus loaded the same rules from the file and evaluates them without errors.
     wait_for(lambda: all(r.get("health") == "ok" for g in httpx.get(f"{prometheus.url}/api/v1/rules").json()
                          ["data"]["groups"] for r in g["rules"]), 10, "every rule evaluated with health ok")
+
+
+def test_the_alerts_worker_selector_finds_the_scraped_worker(prometheus: Process, traffic: None) -> None:
+    """MiniSGLPodNotReady reads `up` through prometheusRule.workerSelector (a not-ready pod exports nothing else)."""
+    selector = yaml.safe_load((REPO / "charts/minisgl-operator/values.yaml").read_text())["prometheusRule"]["workerSelector"]
+    assert [r["metric"]["pod"] for r in query(prometheus, f"up{{{selector}}}")] == ["qwen3-0"]
 
 
 def test_a_healthy_worker_fires_no_alert(prometheus: Process, traffic: None) -> None:

@@ -200,9 +200,9 @@ def test_hpa_behavior_waits_for_the_measured_time_to_ready():
 def test_service_monitor_labels_targets_as_annotation_scraping_does():
     spec = parse_spec(make_spec(1, False, False, False, False))
     sm = kinds_of(desired_objects(OWNER, spec, plan_rollout(spec, {}), True))["ServiceMonitor"]
-    [relabel] = sm["spec"]["endpoints"][0]["relabelings"]
-    assert relabel == {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
-                       "targetLabel": "app_kubernetes_io_instance"}
+    relabelings = sm["spec"]["endpoints"][0]["relabelings"]
+    assert relabelings == [{"sourceLabels": [f"__meta_kubernetes_pod_label_app_kubernetes_io_{k}"],
+                            "targetLabel": f"app_kubernetes_io_{k}"} for k in ("name", "instance")]
 
 
 @pytest.mark.parametrize("pvc", (False, True))
