@@ -64,7 +64,10 @@ SUMMARY+=("$(printf '%-22s        %4ss' install "$(($(date +%s) - t0))")")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$LOG" 2>&1
 
 B=benchmarks
-DEMO_TOK=worker/minisgl/models/demo
+# A tokenizer covering all of Qwen3's ids: every sampled token streams as text (the demo one's
+# 920 ids would make most tokens decode to "" and send no event).
+TOK=$(mktemp -d)/tok
+$PY $B/make_tokenizer.py --vocab 151936 --out "$TOK" >>"$LOG" 2>&1
 ENGINE="--device cuda --dtype bfloat16 --attention-backend fa3,fi --cuda-graph-max-bs 256"
 ENGINE="$ENGINE --max-running-requests 256 --memory-ratio 0.85"
 REC="--out-dir $OUT"
@@ -83,7 +86,7 @@ step offline-0.6b    75 30 $PY $B/offline.py --model qwen3-0.6b $ENGINE $HF $REC
 step offline-8b      90 40 $PY $B/offline.py --model llama-3.1-8b $ENGINE $HF $REC
 
 OFFLINE_06=$(ls "$OUT"/offline-256-qwen3-0.6b-*.json 2>/dev/null | head -n 1)
-SERVER="--model-path $B/configs/qwen3-0.6b --dummy-weight --tokenizer-path $DEMO_TOK $ENGINE --log-level info"
+SERVER="--model-path $B/configs/qwen3-0.6b --dummy-weight --tokenizer-path $TOK $ENGINE --log-level info"
 # One fresh server: the burst as its first traffic (cold start), then again warm (http-burst).
 if [ -n "$OFFLINE_06" ]; then
   step http-burst-cold 170 60 $PY $B/serving.py --name http-burst --cold-start --client-procs 4 \
