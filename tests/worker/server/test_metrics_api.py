@@ -21,6 +21,7 @@ NAMES = {
     "minisgl_kv_cache_usage_ratio": "gauge", "minisgl_prefix_cache_hit_tokens": "counter",
     "minisgl_prefix_cache_query_tokens": "counter",
     "minisgl_last_step_timestamp_seconds": "gauge", "minisgl_server_ready": "gauge",
+    "minisgl_preemptions": "counter", "minisgl_startup_seconds": "gauge",
 }
 
 
@@ -52,7 +53,10 @@ def test_every_contract_metric_is_exported_with_model_label(server):
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
     for name, kind in NAMES.items():
         assert families.get(name) == kind, (name, families.get(name))
-    assert scrape(server)["minisgl_server_ready{}"] == 1.0
+    m = scrape(server)
+    assert m["minisgl_server_ready{}"] == 1.0
+    startup = httpx.get(f"{server.base_url}/health", timeout=10).json()["startup_seconds"]
+    assert 0 < m["minisgl_startup_seconds{}"] == startup  # what the operator sizes probes by
 
 
 def test_counters_and_histograms_move_with_requests(server):

@@ -228,7 +228,8 @@ async def health(request: Request) -> Response:
     fe = request.app.state.frontend
     ok, reason = fe.health()
     body = {"status": "ok" if ok else "unhealthy", "timestamp": time.time(),
-            "version": __version__, "model": fe.model_name}
+            "version": __version__, "model": fe.model_name,
+            "startup_seconds": getattr(fe, "startup_seconds", None)}
     if not ok:
         body["reason"] = reason
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -279,7 +280,8 @@ def create_app(frontend, args) -> FastAPI:
     app.state.api_key = getattr(args, "api_key", None) or os.environ.get("MINISGL_API_KEY") or None
     app.state.max_body_bytes = getattr(args, "max_request_bytes", None) or DEFAULT_MAX_BODY_BYTES
     app.state.metrics = ServerMetrics(frontend.model_name, frontend.stats,
-                                      lambda: _is_ready(frontend))
+                                      lambda: _is_ready(frontend),
+                                      getattr(frontend, "startup_seconds", None))
     app.state.formatter = LogprobFormatter(frontend.tokenizer)
     install_error_handlers(app)
     app.include_router(router)

@@ -100,6 +100,7 @@ class FrontendManager:
         self.tokenizer = tokenizer
         self.stuck_timeout_s = stuck_timeout_s
         self.draining = False
+        self.startup_seconds: float | None = None  # process start -> serving (set by launch)
         self.failure: str | None = None
         self._started = False
         self._uids = itertools.count()

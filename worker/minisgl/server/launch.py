@@ -260,6 +260,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def launch(args: ServerArgs) -> int:
     """Run the whole server; return the process exit code."""
+    started = time.monotonic()
     setup_logging(args.log_level, "server")
     signal.signal(signal.SIGTERM, _interrupt)  # until the serving loop takes over: clean up
     directory = tempfile.mkdtemp(prefix="minisgl-")
@@ -274,6 +275,8 @@ def launch(args: ServerArgs) -> int:
         info = start_children(args, endpoints, children)
         frontend = FrontendManager(endpoints, args.model_name, int(info["max_model_len"]),
                                    tokenizer.result())
+        frontend.startup_seconds = time.monotonic() - started
+        logger.info("ready to serve %.1f s after start", frontend.startup_seconds)
         supervisor = Supervisor(args, children, frontend)
         serve = _serve_shell if args.shell_mode else _serve_http
         _use_uvloop()

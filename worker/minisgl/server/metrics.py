@@ -29,8 +29,9 @@ E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 240
 
 class _SchedulerCollector(Collector):
     def __init__(self, model: str, stats: Callable[[], SchedulerStats],
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], startup_seconds: float | None = None) -> None:
         self._model, self._stats, self._ready = model, stats, ready
+        self._startup = startup_seconds
 
     def collect(self) -> Iterable[Metric]:
         s, labels = self._stats(), [self._model]
@@ -58,13 +59,19 @@ class _SchedulerCollector(Collector):
                     "step.", s.last_step_time)
         yield gauge("minisgl_server_ready", "1 when /ready answers 200, else 0.",
                     1.0 if self._ready() else 0.0)
+        yield counter("minisgl_preemptions", "Requests preempted under KV-cache pressure "
+                      "(recomputed later).", s.extra.get("preemptions_total", 0))
+        if self._startup is not None:
+            yield gauge("minisgl_startup_seconds", "Process start to serving: model loaded, "
+                        "CUDA graphs captured, kernels warmed up (sizes probes and autoscaling).",
+                        self._startup)
 
 
 class ServerMetrics:
     """The metrics of one served model; `observe_*` are called by the serving layer."""
 
     def __init__(self, model: str, stats: Callable[[], SchedulerStats],
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], startup_seconds: float | None = None) -> None:
         self.model = model
         self.registry = CollectorRegistry(auto_describe=True)
         r, lbl = self.registry, ["model"]
@@ -86,7 +93,7 @@ class ServerMetrics:
                                     registry=r).labels(model)
         for status in ("success", "error", "abort"):
             self.requests.labels(model, status)  # export zeros so rate() works from the start
-        r.register(_SchedulerCollector(model, stats, ready))
+        r.register(_SchedulerCollector(model, stats, ready, startup_seconds))
 
     def request_finished(self, status: str) -> None:
         if status not in ("success", "error", "abort"):
