@@ -116,6 +116,7 @@ def _write_pki(d: Path) -> None:
     issue("apiserver", name("kube-apiserver"), server=True)
     issue("admin", name("admin", "system:masters"), server=False)
     issue("operator", name("minisgl-operator"), server=False)  # bound to rbac.yaml's rules only
+    issue("front-proxy-client", name("front-proxy-client"), server=False)  # the aggregator's, to extension servers
     sa_key = ec.generate_private_key(ec.SECP256R1())
     (d / "sa.key").write_bytes(key_pem(sa_key))
     (d / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
@@ -196,6 +197,13 @@ class Cluster:
             # As on OpenShift: blockOwnerDeletion needs update on the owner's finalizers.
             # (PodSecurity and ResourceQuota are on by default.)
             "--enable-admission-plugins=OwnerReferencesPermissionEnforcement,ResourceQuota,PodSecurity",
+            # API aggregation (custom.metrics.k8s.io from prometheus-adapter): the front proxy's
+            # client cert, and endpoints instead of a ClusterIP nothing routes here.
+            f"--requestheader-client-ca-file={d / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={d / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={d / 'front-proxy-client.key'}", "--enable-aggregator-routing=true",
             "--profiling=false", "--v=1", *self._audit_flags(),
         ])
         _kubeconfig(d, self.server, "admin")
