@@ -64,6 +64,25 @@ BAD = [
     ("generate max_tokens 0", "/generate", {"prompt": "hi", "max_tokens": 0}, 400),
 ]
 
+# Fields that would change the answer and are not implemented yet: refused, never ignored.
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+REFUSED = [
+    (CHAT, {"response_format": {"type": "json_object"}}, "response_format"),
+    (CHAT, {"tools": [TOOL]}, "tools"),
+    (CHAT, {"tools": [TOOL], "tool_choice": "required"}, "tools"),
+    (CHAT, {"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    (CHAT, {"logit_bias": {"5": 100}}, "logit_bias"),
+    (CHAT, {"guided_json": {"type": "object"}}, "guided_json"),
+    (COMPLETIONS, {"guided_regex": "[a-z]+"}, "guided_regex"),
+    (COMPLETIONS, {"guided_choice": ["yes", "no"]}, "guided_choice"),
+    (COMPLETIONS, {"structured_outputs": {"json": {}}}, "structured_outputs"),
+    (COMPLETIONS, {"best_of": 3}, "best_of"),
+    (COMPLETIONS, {"suffix": "!"}, "suffix"),
+]
+NOOPS = [{"response_format": {"type": "text"}}, {"tools": [], "tool_choice": "none"},
+         {"logit_bias": {}}, {"tool_choice": "auto"}, {"response_format": None, "tools": None},
+         {"best_of": 1}]
+
 
 @pytest.fixture(scope="module")
 def background_stream(server):
@@ -92,6 +111,22 @@ def test_bad_input_gets_openai_error(server, background_stream, name, path, body
     err = r.json()["error"]
     assert err["message"] and err["type"]
     assert set(err) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("path,extra,param", REFUSED, ids=[r[2] + r[0] for r in REFUSED])
+def test_output_changing_fields_we_lack_are_refused_by_name(server, path, extra, param):
+    base = {"messages": MSG} if path == CHAT else {"prompt": "hello"}
+    r = httpx.post(f"{server.base_url}{path}", json={**base, "max_tokens": 2, **extra}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and param in err["message"]
+
+
+@pytest.mark.parametrize("extra", NOOPS, ids=[",".join(e) for e in NOOPS])
+def test_no_op_values_of_those_fields_are_accepted(server, extra):
+    r = httpx.post(f"{server.base_url}{CHAT}", json={"messages": MSG, "max_tokens": 2, **extra},
+                   timeout=30)
+    assert r.status_code == 200, r.text
 
 
 def test_server_keeps_serving_after_bad_input(server, background_stream):

@@ -29,7 +29,7 @@ from minisgl.server.generation import GenerationRun, wait_disconnected
 from minisgl.server.logprobs import LogprobFormatter
 from minisgl.server.metrics import CONTENT_TYPE, ServerMetrics
 from minisgl.server.protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
-                                     unknown_fields)
+                                     unknown_fields, unsupported_fields)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,11 @@ async def _parse(request: Request, model: type[BaseModel]) -> BaseModel:
     _check_auth(request)
     _check_accepting(state.frontend)
     req = await read_json(request, model, state.max_body_bytes)
+    refused = unsupported_fields(req)
+    if refused:
+        raise InvalidRequest(f"'{refused[0]}' is not supported by this server yet; the request "
+                             f"is refused rather than answered as if it were not set",
+                             param=refused[0])
     extra = unknown_fields(req)
     if extra:
         logger.warning("%s: ignoring unknown fields %s", request.url.path, ", ".join(extra))

@@ -2,7 +2,10 @@
 
 Unknown fields are kept in `model_extra` (not rejected) so the serving layer can log them once:
 clients such as evaluation harnesses send fields we do not implement, and refusing them would
-break those clients for no benefit.
+break those clients for no benefit. The exception are fields that would change the answer
+(structured output, tools, logit bias, ...): until they are implemented, a request that sets
+one to anything but its no-op value is refused with a 400 naming it (`unsupported_fields`),
+never answered as if the field were not there.
 """
 
 from __future__ import annotations
@@ -113,3 +116,34 @@ def unknown_fields(req: BaseModel) -> list[str]:
             if isinstance(item, BaseModel):
                 names += [f"{field_name}.{n}" for n in unknown_fields(item)]
     return sorted(set(names))
+
+
+# field -> its values that change nothing (None always does)
+_OUTPUT_CHANGING: dict[str, tuple] = {
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),  # "auto" without tools is no tool call either
+    "functions": ([],),
+    "function_call": ("none", "auto"),
+    "logit_bias": ({},),
+    "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
+    "structured_outputs": (), "suffix": ("",), "prediction": (),
+}
+
+
+def unsupported_fields(req: BaseModel) -> list[str]:
+    """Fields the client set to a value that would change the output and that this server
+    does not implement (best_of other than n included)."""
+    extra = req.model_extra or {}
+    bad = []
+    for name, noop in _OUTPUT_CHANGING.items():
+        value = extra.get(name)
+        if value is None or any(value == v for v in noop):
+            continue
+        if name == "tool_choice" and value == "auto" and not extra.get("tools"):
+            continue
+        bad.append(name)
+    best_of = extra.get("best_of")
+    if best_of is not None and best_of != getattr(req, "n", 1):
+        bad.append("best_of")
+    return bad
