@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from minisgl.errors import InvalidRequest
 
 MAX_N = 16
+MAX_STOP_TOKEN_IDS = 256
+GREEDY_TEMPERATURE = 1e-5
 MAX_TOP_LOGPROBS = 20
 
 
@@ -41,7 +43,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        # Below GREEDY_TEMPERATURE, logits / temperature overflows float32 to inf (NaN after
+        # softmax): such a temperature means greedy, as vLLM treats it.
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
     @property
     def needs_penalties(self) -> bool:
@@ -77,6 +81,8 @@ class SamplingParams:
             (len(self.stop) <= 16, "stop", "at most 16 stop strings"),
             (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
              "stop_token_ids must be non-negative integers"),
+            (len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",
+             f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids"),
         ]
         for ok, param, message in checks:
             if not ok:

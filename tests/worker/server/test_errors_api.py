@@ -189,3 +189,18 @@ def test_api_key_guards_api_routes_only(keyed_server):
     bad = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model=SERVED_NAME, messages=MSG, max_tokens=2)
+
+
+def test_nulls_and_a_tiny_temperature_through_the_server(server):
+    nulls = {"n": None, "stream": None, "logprobs": None, "top_logprobs": None, "stop": None,
+             "temperature": None, "top_p": None, "presence_penalty": None, "seed": None,
+             "stream_options": None, "user": None, "max_tokens": 4}
+    r = httpx.post(f"{server.base_url}{CHAT}", json={"messages": MSG, **nulls}, timeout=30)
+    assert r.status_code == 200, r.text
+    texts = []
+    for t in (0.0, 1e-9):  # below 1e-5: greedy, not logits / 1e-9 = inf
+        body = {"prompt": "hello", "max_tokens": 8, "temperature": t, "ignore_eos": True}
+        r = httpx.post(f"{server.base_url}{COMPLETIONS}", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        texts.append(r.json()["choices"][0]["text"])
+    assert texts[0] == texts[1]

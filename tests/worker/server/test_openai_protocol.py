@@ -122,3 +122,25 @@ def test_integers_beyond_int64_are_rejected_naming_the_field():
     with _pytest.raises(pydantic.ValidationError, match="seed"):
         CompletionRequest(model="m", prompt="x", seed=2**65)
     assert CompletionRequest(model="m", prompt="x", seed=2**63 - 1).seed == 2**63 - 1
+
+
+def test_null_takes_the_default_and_required_fields_stay_required():
+    req = ChatCompletionRequest.model_validate({
+        "messages": [{"role": "user", "content": "x"}], "n": None, "stream": None,
+        "logprobs": None, "ignore_eos": None, "min_tokens": None, "max_tokens": None,
+        "temperature": None, "stream_options": None, "add_generation_prompt": None})
+    assert (req.n, req.stream, req.logprobs, req.ignore_eos, req.min_tokens) == (1, False, False, False, 0)
+    assert req.add_generation_prompt is True and req.max_tokens is None
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"messages": None})
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate({"prompt": None})
+
+
+def test_tiny_temperature_is_greedy_and_stop_token_ids_are_bounded():
+    from minisgl.sampling_params import MAX_STOP_TOKEN_IDS, SamplingParams
+
+    assert SamplingParams(temperature=1e-8).greedy and not SamplingParams(temperature=1e-3).greedy
+    with pytest.raises(InvalidRequest) as info:
+        SamplingParams(stop_token_ids=tuple(range(MAX_STOP_TOKEN_IDS + 1))).validate()
+    assert info.value.param == "stop_token_ids"

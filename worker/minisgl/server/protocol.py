@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, conint
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, conint,
+                      model_validator)
 
 # Pydantic's lax mode turns "5" into 5 and true into 1; an API that silently accepts wrong
 # types hides client bugs, so the numeric and boolean fields are strict (floats accept ints).
@@ -24,6 +25,18 @@ Float = StrictFloat
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data):
+        """OpenAI marks most fields nullable and SDKs send `null` for "not set": a null for a
+        field with a non-null default takes the default (a required field stays required)."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items()
+                if v is not None or k not in fields or fields[k].is_required()
+                or fields[k].default is None}
 
 
 class StreamOptions(_Request):
