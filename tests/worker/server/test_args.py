@@ -11,7 +11,7 @@ ALL_FLAGS = [
     "--num-tokenizer", "--attention-backend", "--cache-type", "--max-running-requests",
     "--memory-ratio", "--max-prefill-length", "--page-size", "--num-pages", "--dummy-weight",
     "--device", "--served-model-name", "--api-key", "--shutdown-timeout", "--log-level",
-    "--shell-mode", "--tokenizer-path", "--disable-overlap",
+    "--shell-mode", "--tokenizer-path", "--disable-overlap", "--allowed-origins", "--chat-template",
 ]
 
 
@@ -75,6 +75,7 @@ def test_api_key_from_the_environment(monkeypatch):
     (["--attention-backend", "bogus"], "--attention-backend"),
     (["--max-prefill-length", "4"], "--max-prefill-length"),
     (["--tokenizer-path", "/nonexistent/tok"], "--tokenizer-path"),
+    (["--chat-template", "/nonexistent/template.jinja"], "--chat-template"),
 ])
 def test_invalid_values_fail_with_a_one_line_reason(argv, reason, capsys):
     base = ["--model-path", "demo", "--device", "cpu"]

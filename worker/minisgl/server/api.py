@@ -12,11 +12,13 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -28,8 +30,9 @@ from minisgl.server.errors import (DEFAULT_MAX_BODY_BYTES, Unauthorized, error_r
 from minisgl.server.generation import GenerationRun, wait_disconnected
 from minisgl.server.logprobs import LogprobFormatter
 from minisgl.server.metrics import CONTENT_TYPE, ServerMetrics
-from minisgl.server.protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
-                                     unknown_fields, unsupported_fields)
+from minisgl.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                     GenerateRequest, TokenizeRequest, unknown_fields,
+                                     unsupported_fields)
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +156,7 @@ async def completions(request: Request) -> Response:
         prompts, params = oai.build_completion(req, frontend.max_model_len)
     except Exception as e:
         return _reject(request, e)
-    run = GenerationRun(frontend, state.metrics, prompts, params, f"cmpl-{uuid.uuid4().hex}")
+    run = GenerationRun(frontend, state.metrics, prompts, params, _request_id(request, "cmpl"))
     echo = [p if isinstance(p, str) else "" for p in prompts] if req.echo else None
     builder = oai.ResponseBuilder(run, frontend.model_name, False, state.formatter, echo)
     return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
@@ -167,10 +170,13 @@ async def chat_completions(request: Request) -> Response:
     try:
         req = await _parse(request, ChatCompletionRequest)
         _check_model(frontend, req.model)
-        ids, params = oai.build_chat(req, frontend.tokenizer, frontend.max_model_len)
+        # Templating and tokenizing a huge conversation must not stall every stream and
+        # /health: off the event loop, on one thread (HF tokenizers are not re-entrant).
+        ids, params = await asyncio.get_running_loop().run_in_executor(
+            state.tokenize_pool, oai.build_chat, req, frontend.tokenizer, frontend.max_model_len)
     except Exception as e:
         return _reject(request, e)
-    run = GenerationRun(frontend, state.metrics, [ids], params, f"chatcmpl-{uuid.uuid4().hex}")
+    run = GenerationRun(frontend, state.metrics, [ids], params, _request_id(request, "chatcmpl"))
     builder = oai.ResponseBuilder(run, frontend.model_name, True, state.formatter)
     return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
                           lambda: _collect(builder))
@@ -194,7 +200,7 @@ async def generate(request: Request) -> Response:
                                 stop=stop).validate()
     except Exception as e:
         return _reject(request, e)
-    run = GenerationRun(frontend, state.metrics, [req.prompt], params, f"gen-{uuid.uuid4().hex}")
+    run = GenerationRun(frontend, state.metrics, [req.prompt], params, _request_id(request, "gen"))
 
     async def events():
         async with aclosing(run.chunks()) as chunks:
@@ -216,6 +222,76 @@ async def generate(request: Request) -> Response:
         return {"text": "".join(text), "token_ids": ids, "finish_reason": reason, "usage": usage}
 
     return await _respond(request, run, req.stream, events, whole)
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> Response:
+    """vLLM's /tokenize: `prompt` (special tokens per add_special_tokens) or `messages` (chat
+    template applied) -> {"tokens", "count", "max_model_len"}."""
+    state = request.app.state
+    fe = state.frontend
+    try:
+        req = await _parse(request, TokenizeRequest)
+        if (req.prompt is None) == (req.messages is None):
+            raise InvalidRequest("send exactly one of prompt and messages", param="prompt")
+
+        def run() -> list[int]:
+            if req.messages is not None:
+                text = oai.render_chat(fe.tokenizer, req.messages, req.add_generation_prompt,
+                                       template_kwargs=req.chat_template_kwargs)
+                return fe.tokenizer.encode(text, add_special_tokens=False)
+            return fe.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+
+        ids = await asyncio.get_running_loop().run_in_executor(state.tokenize_pool, run)
+    except Exception as e:
+        return error_response(e)
+    return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": fe.max_model_len})
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request) -> Response:
+    state = request.app.state
+    fe = state.frontend
+    try:
+        req = await _parse(request, DetokenizeRequest)
+        vocab = len(fe.tokenizer)
+        bad = [t for t in req.tokens if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the tokenizer's [0, {vocab})",
+                                 param="tokens")
+        text = await asyncio.get_running_loop().run_in_executor(
+            state.tokenize_pool, fe.tokenizer.decode, req.tokens)
+    except Exception as e:
+        return error_response(e)
+    return JSONResponse({"prompt": text})
+
+
+def _request_id(request: Request, prefix: str) -> str:
+    """The client's X-Request-Id (also echoed in the response), else a fresh one."""
+    return request.scope.get("state", {}).get("request_id") or f"{prefix}-{uuid.uuid4().hex}"
+
+
+class _RequestIdMiddleware:
+    """X-Request-Id: kept from the request (or made), put in the scope for the handlers' logs
+    and returned on every response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:128]
+        rid = given.strip() or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid if given.strip() else None
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 @router.get("/v1/models")
@@ -288,6 +364,12 @@ def create_app(frontend, args) -> FastAPI:
                                       lambda: _is_ready(frontend),
                                       getattr(frontend, "startup_seconds", None))
     app.state.formatter = LogprobFormatter(frontend.tokenizer)
+    app.state.tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="api-tokenize")
     install_error_handlers(app)
     app.include_router(router)
+    origins = list(getattr(args, "allowed_origins", ()) or ())
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
+    app.add_middleware(_RequestIdMiddleware)
     return app

@@ -40,6 +40,8 @@ class ServerArgs:
     shutdown_timeout: float = 30.0
     log_level: str = "info"
     shell_mode: bool = False
+    allowed_origins: tuple[str, ...] = ()  # CORS; empty: no CORS headers
+    chat_template: str | None = None  # a Jinja file (or the template text) replacing the tokenizer's
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -55,6 +57,8 @@ class ServerArgs:
         from minisgl.models import resolve_model_path
 
         resolve_model_path(self.model_path, weights=not self.dummy_weight)  # ValueError names the problem
+        if self.chat_template is not None:
+            load_chat_template(self.chat_template)
         if self.tokenizer_path is not None:
             from minisgl.models import resolve_tokenizer_path
 
@@ -103,6 +107,18 @@ class ServerArgs:
             max_prefill_length=self.max_prefill_length,
             overlap=False if self.disable_overlap else None,
         )
+
+
+def load_chat_template(value: str) -> str:
+    """--chat-template: a file's contents, or the value itself when it is template text."""
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text()
+    if "{" in value:  # inline Jinja
+        return value
+    raise ValueError(f"--chat-template {value!r} is neither a readable file nor template text")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -171,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=d["port"].default, help="HTTP port")
     s.add_argument("--num-tokenizer", type=int, default=0,
                    help="tokenizer processes; 0: the detokenizer process also tokenizes")
+    s.add_argument("--allowed-origins", nargs="+", default=(), metavar="ORIGIN",
+                   help="CORS: origins browsers may call the API from ('*' for any)")
+    s.add_argument("--chat-template",
+                   help="Jinja chat template file (or template text) replacing the tokenizer's")
     s.add_argument("--api-key",
                    help=f"require 'Authorization: Bearer KEY' (default: ${ENV_API_KEY})")
     s.add_argument("--shutdown-timeout", type=float, default=d["shutdown_timeout"].default,
@@ -185,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> ServerArgs:
     """Parse and validate; on a bad value print one line and exit with status 2."""
     parser = build_parser()
     ns = vars(parser.parse_args(argv))
+    ns["allowed_origins"] = tuple(ns["allowed_origins"] or ())
     if ns["api_key"] is None:
         ns["api_key"] = os.environ.get(ENV_API_KEY) or None
     try:

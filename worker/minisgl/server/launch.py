@@ -273,8 +273,12 @@ def launch(args: ServerArgs) -> int:
 
         tokenizer = loader.submit(load_tokenizer, args.tokenizer_path or args.model_path)  # while the children start
         info = start_children(args, endpoints, children)
-        frontend = FrontendManager(endpoints, args.model_name, int(info["max_model_len"]),
-                                   tokenizer.result())
+        tok = tokenizer.result()
+        if args.chat_template is not None:  # only the API process applies chat templates
+            from minisgl.server.args import load_chat_template
+
+            tok.chat_template = load_chat_template(args.chat_template)
+        frontend = FrontendManager(endpoints, args.model_name, int(info["max_model_len"]), tok)
         frontend.startup_seconds = time.monotonic() - started
         logger.info("ready to serve %.1f s after start", frontend.startup_seconds)
         supervisor = Supervisor(args, children, frontend)

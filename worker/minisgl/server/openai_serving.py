@@ -7,6 +7,8 @@ Choice i of prompt p is choice `p * n + i` in the response, as in vLLM.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import time
@@ -82,21 +84,39 @@ def build_completion(req: CompletionRequest, max_model_len: int
     return prompts, params
 
 
+def render_chat(tokenizer, messages: list, add_generation_prompt: bool,
+                continue_final_message: bool = False, template_kwargs: dict | None = None) -> str:
+    """The chat template applied to messages. template_kwargs are variables for the template
+    only: none may name an argument of apply_chat_template (e.g. `chat_template`, which would
+    let a request replace the server's template)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InvalidRequest("this model has no chat template; use /v1/completions")
+    kwargs = template_kwargs or {}
+    reserved = sorted(set(kwargs) & _template_arguments(type(tokenizer)))
+    if reserved:
+        raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}",
+                             param="chat_template_kwargs")
+    dicts = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+             for m in messages]
+    try:
+        return tokenizer.apply_chat_template(
+            dicts, tokenize=False, add_generation_prompt=add_generation_prompt and not continue_final_message,
+            continue_final_message=continue_final_message, **kwargs)
+    except Exception as e:  # jinja errors: the template rejected these messages
+        raise InvalidRequest(f"chat template failed: {e}", param="messages") from e
+
+
+@functools.cache
+def _template_arguments(cls: type) -> frozenset[str]:
+    names = set(inspect.signature(cls.apply_chat_template).parameters) - {"self", "kwargs"}
+    return frozenset(names | {"chat_template", "tokenize", "tokenizer"})
+
+
 def build_chat(req: ChatCompletionRequest, tokenizer, max_model_len: int
                ) -> tuple[list[int], SamplingParams]:
     """Apply the chat template here (the API process owns the HF tokenizer) -> prompt ids."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise InvalidRequest("this model has no chat template; use /v1/completions")
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                for m in req.messages]
-    try:
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False,
-            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-            continue_final_message=req.continue_final_message,
-            **(req.chat_template_kwargs or {}))
-    except Exception as e:  # jinja errors: the template rejected these messages
-        raise InvalidRequest(f"chat template failed: {e}", param="messages") from e
+    text = render_chat(tokenizer, req.messages, req.add_generation_prompt,
+                       req.continue_final_message, req.chat_template_kwargs)
     # The template already contains BOS and role markers: add no special tokens twice.
     ids = tokenizer.encode(text, add_special_tokens=False)
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens

@@ -106,6 +106,20 @@ class ChatCompletionRequest(_SamplingFields):
     chat_template_kwargs: dict | None = None
 
 
+class TokenizeRequest(_Request):
+    """vLLM's /tokenize: a prompt, or chat messages rendered with the chat template."""
+
+    prompt: StrictStr | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: Bool = True
+    add_generation_prompt: Bool = True
+    chat_template_kwargs: dict | None = None
+
+
+class DetokenizeRequest(_Request):
+    tokens: list[Int]
+
+
 class GenerateRequest(_Request):
     """The seed's simple API: a prompt, a token budget, optional sampling; streams by default."""
 
