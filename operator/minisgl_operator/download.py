@@ -124,6 +124,9 @@ def reported_model_bytes(job_name: str, pods: Sequence[Mapping]) -> int | None:
     return None
 
 
-def has_pod(job_name: str, pods: Sequence[Mapping]) -> bool:
-    return any(r.get("kind") == "Job" and r.get("name") == job_name
-               for p in pods for r in p["metadata"].get("ownerReferences") or ())
+def has_finished_pod(job_name: str, pods: Sequence[Mapping]) -> bool:
+    """A pod of the Job is cached as Succeeded: whatever it reported, the cache has it."""
+    return any((p.get("status") or {}).get("phase") == "Succeeded"
+               and any(r.get("kind") == "Job" and r.get("name") == job_name
+                       for r in p["metadata"].get("ownerReferences") or ())
+               for p in pods)

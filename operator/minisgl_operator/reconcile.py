@@ -18,7 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from minisgl_operator.autoscaling import measured_time_to_ready
 from minisgl_operator.builders import Owner, build_job, desired_objects, endpoint_url, stale_kinds
-from minisgl_operator.download import DownloadState, download_state, has_pod, reported_model_bytes
+from minisgl_operator.download import DownloadState, download_state, has_finished_pod, reported_model_bytes
 from minisgl_operator.kube import Kube, object_path
 from minisgl_operator.ownership import (TEMPLATE_HASH_ANNOTATION, ObjectInTheWay, applied_hash, describe_owner,
                                         digest, owned_by, stamp)
@@ -55,7 +55,10 @@ def _completed_within(job: Mapping | None, seconds: float) -> bool:
     stamp_ = ((job or {}).get("status") or {}).get("completionTime")
     if not stamp_:
         return True  # Complete without a time: as fresh as it gets
-    done = datetime.strptime(stamp_, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    try:
+        done = datetime.strptime(stamp_, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return False
     return (datetime.now(timezone.utc) - done).total_seconds() < seconds
 
 
@@ -173,7 +176,7 @@ class Reconciler:
             return size
         if status.get("downloadJob") == job_name and status.get("modelBytes"):
             return int(status["modelBytes"])
-        if not has_pod(job_name, pods) and _completed_within(job, REPORT_WAIT_SECONDS):
+        if not has_finished_pod(job_name, pods) and _completed_within(job, REPORT_WAIT_SECONDS):
             raise kopf.TemporaryError(f"Job {job_name} completed; waiting for its pod's report of the model size",
                                       delay=REPORT_RETRY_SECONDS)
         return None

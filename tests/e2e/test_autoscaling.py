@@ -191,8 +191,10 @@ def test_hpa_custom_metric_resolves_through_prometheus_adapter_and_scales(kube, 
         assert wait_for(values, TIMEOUT, f"{METRIC} through the aggregated API") == {pod["metadata"]["name"]: str(WAITING)}
 
         # 6 waiting on 1 pod, target 2 per pod: the HPA controller scales the resource to 3.
+        # (Until the metric resolves, the controller records an empty `{type: ""}` entry.)
         hpa = wait_for(lambda: (h := get(kube, "autoscaling/v2", "HorizontalPodAutoscaler", ns, "auto"))
-                       and h.get("status", {}).get("currentMetrics") and h, TIMEOUT, "the HPA reads its metric")
+                       and any("pods" in m for m in h.get("status", {}).get("currentMetrics") or ()) and h,
+                       TIMEOUT, "the HPA reads its metric")
         [current] = hpa["status"]["currentMetrics"]
         assert current["pods"]["metric"]["name"] == METRIC and current["pods"]["current"]["averageValue"] == str(WAITING)
         active = next(c for c in hpa["status"]["conditions"] if c["type"] == "ScalingActive")

@@ -7,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kopf
 import pytest
 
 from minisgl_operator.builders import Owner, desired_objects
 from minisgl_operator.download import SCRIPT, build_download_job, download_job_name, reported_model_bytes
 from minisgl_operator.pod import (DEFAULT_STARTUP_SECONDS, LOAD_BYTES_PER_SECOND, STARTUP_BASE_SECONDS,
                                   STARTUP_PERIOD_SECONDS, startup_budget)
+from minisgl_operator.reconcile import Reconciler, utc_now
 from minisgl_operator.rollout import IN_PLACE, RolloutPlan
 from minisgl_operator.spec import parse_spec
+from minisgl_operator.store import Store
 
 OWNER = Owner("qwen", "llm", "u-1")
 GB16 = 16 * 10**9
@@ -111,3 +114,28 @@ def test_the_job_name_ignores_what_does_not_change_the_download(change):
     revision name it."""
     raw = {"image": "img", "model": {"path": "Qwen/Qwen3-8B", "cache": {"pvcName": "models"}}}
     assert download_job_name("q", parse_spec(raw)) == download_job_name("q", parse_spec({**raw, **change}))
+
+
+def test_workers_wait_briefly_for_the_report_of_a_job_that_just_completed():
+    """Complete (Job watch) can arrive before the pod's Succeeded (pod watch): wait for the pod,
+    or the Deployment would be built with the default budget and rolled again seconds later."""
+    store = Store()
+    r = Reconciler(kube=None, store=store)  # type: ignore[arg-type] - _model_bytes reads the cache only
+    job = {"metadata": {"name": "j"}, "status": {"completionTime": utc_now()}}
+    with pytest.raises(kopf.TemporaryError, match="waiting for its pod"):
+        r._model_bytes(OWNER, "j", job, {})
+    long_ago = {"metadata": {"name": "j"}, "status": {"completionTime": "2020-01-01T00:00:00Z"}}
+    assert r._model_bytes(OWNER, "j", long_ago, {}) is None  # the pod is gone: the spec's budget
+    assert r._model_bytes(OWNER, "j", long_ago, {"downloadJob": "j", "modelBytes": GB16}) == GB16
+    assert r._model_bytes(OWNER, "j", long_ago, {"downloadJob": "old", "modelBytes": 1}) is None
+    running = pod("j", {})
+    running["metadata"].update(name="j-run", namespace="llm", labels={"app.kubernetes.io/instance": "qwen"})
+    running["status"] = {"phase": "Running"}  # its Succeeded update is still on the way
+    store.upsert("Pod", running)
+    with pytest.raises(kopf.TemporaryError):
+        r._model_bytes(OWNER, "j", job, {})
+    reported = pod("j", {"exitCode": 0, "message": json.dumps({"modelBytes": 5})})
+    reported["status"]["phase"] = "Succeeded"
+    reported["metadata"].update(namespace="llm", labels={"app.kubernetes.io/instance": "qwen"})
+    store.upsert("Pod", reported)
+    assert r._model_bytes(OWNER, "j", job, {}) == 5
