@@ -12,7 +12,8 @@ cache="${MINISGL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/minisgl}"
 bin_dir="$cache/prometheus-adapter/$version/bin"
 adapter="$bin_dir/adapter"
 
-if [[ -x "$adapter" ]] && "$adapter" --help >/dev/null 2>&1; then
+# Its --help exits 2 (pflag's ErrHelp): check that it runs and knows its flags instead.
+if [[ -x "$adapter" ]] && { "$adapter" --help 2>&1 || true; } | grep -q -- --prometheus-url; then
     echo "$adapter"
     exit 0
 fi
