@@ -7,7 +7,6 @@ read it from the request, so two apps in one process never share state.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
@@ -25,8 +24,9 @@ from pydantic import BaseModel
 from minisgl.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from minisgl.sampling_params import SamplingParams
 from minisgl.server import openai_serving as oai
-from minisgl.server.errors import (DEFAULT_MAX_BODY_BYTES, Unauthorized, error_response,
-                                   install_error_handlers, read_json)
+from minisgl.server.access import AccessControl, QueueFull, RateLimited
+from minisgl.server.errors import (DEFAULT_MAX_BODY_BYTES, error_response, install_error_handlers,
+                                   read_json)
 from minisgl.server.generation import GenerationRun, wait_disconnected
 from minisgl.server.logprobs import LogprobFormatter
 from minisgl.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -61,14 +61,9 @@ class _SSEResponse(StreamingResponse):
             await self._on_close()
 
 
-def _check_auth(request: Request) -> None:
-    key = request.app.state.api_key
-    if not key:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-        raise Unauthorized("Incorrect or missing API key: send 'Authorization: Bearer <key>'")
+def _check_auth(request: Request) -> str | None:
+    """The caller's API key (None when the server has none); Unauthorized otherwise."""
+    return request.app.state.access.authenticate(request.headers.get("authorization"))
 
 
 def _check_accepting(frontend) -> None:
@@ -84,10 +79,14 @@ def _check_model(frontend, model: str | None) -> None:
                             f"'{frontend.model_name}'")
 
 
-async def _parse(request: Request, model: type[BaseModel]) -> BaseModel:
+async def _parse(request: Request, model: type[BaseModel], generation: bool = True) -> BaseModel:
     state = request.app.state
-    _check_auth(request)
+    key = _check_auth(request)
     _check_accepting(state.frontend)
+    if generation:  # per-key limits, then the server's queue (429 / 503 with Retry-After)
+        waiting = state.frontend.in_flight - state.max_running
+        state.access.admit(key, waiting)
+        request.scope.setdefault("state", {})["api_key"] = key
     req = await read_json(request, model, state.max_body_bytes)
     refused = unsupported_fields(req)
     if refused:
@@ -142,8 +141,21 @@ async def _sse_openai(builder: oai.ResponseBuilder, opts) -> object:
 
 
 def _reject(request: Request, e: Exception) -> Response:
-    request.app.state.metrics.request_finished("error")
+    metrics = request.app.state.metrics
+    metrics.request_finished("error")
+    if isinstance(e, RateLimited):
+        metrics.rate_limited.inc()
+    elif isinstance(e, QueueFull):
+        metrics.shed.inc()
     return error_response(e)
+
+
+def _run(request: Request, prompts: list, params: SamplingParams, prefix: str) -> GenerationRun:
+    """A generation run whose tokens count against the caller's tokens-per-minute."""
+    state = request.app.state
+    key = request.scope.get("state", {}).get("api_key")
+    return GenerationRun(state.frontend, state.metrics, prompts, params, _request_id(request, prefix),
+                         on_tokens=lambda n: state.access.record_tokens(key, n))
 
 
 @router.post("/v1/completions")
@@ -156,7 +168,7 @@ async def completions(request: Request) -> Response:
         prompts, params = oai.build_completion(req, frontend.max_model_len)
     except Exception as e:
         return _reject(request, e)
-    run = GenerationRun(frontend, state.metrics, prompts, params, _request_id(request, "cmpl"))
+    run = _run(request, prompts, params, "cmpl")
     echo = [p if isinstance(p, str) else "" for p in prompts] if req.echo else None
     builder = oai.ResponseBuilder(run, frontend.model_name, False, state.formatter, echo)
     return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
@@ -176,7 +188,7 @@ async def chat_completions(request: Request) -> Response:
             state.tokenize_pool, oai.build_chat, req, frontend.tokenizer, frontend.max_model_len)
     except Exception as e:
         return _reject(request, e)
-    run = GenerationRun(frontend, state.metrics, [ids], params, _request_id(request, "chatcmpl"))
+    run = _run(request, [ids], params, "chatcmpl")
     builder = oai.ResponseBuilder(run, frontend.model_name, True, state.formatter)
     return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
                           lambda: _collect(builder))
@@ -200,7 +212,7 @@ async def generate(request: Request) -> Response:
                                 stop=stop).validate()
     except Exception as e:
         return _reject(request, e)
-    run = GenerationRun(frontend, state.metrics, [req.prompt], params, _request_id(request, "gen"))
+    run = _run(request, [req.prompt], params, "gen")
 
     async def events():
         async with aclosing(run.chunks()) as chunks:
@@ -231,7 +243,7 @@ async def tokenize(request: Request) -> Response:
     state = request.app.state
     fe = state.frontend
     try:
-        req = await _parse(request, TokenizeRequest)
+        req = await _parse(request, TokenizeRequest, generation=False)
         if (req.prompt is None) == (req.messages is None):
             raise InvalidRequest("send exactly one of prompt and messages", param="prompt")
 
@@ -253,7 +265,7 @@ async def detokenize(request: Request) -> Response:
     state = request.app.state
     fe = state.frontend
     try:
-        req = await _parse(request, DetokenizeRequest)
+        req = await _parse(request, DetokenizeRequest, generation=False)
         vocab = len(fe.tokenizer)
         bad = [t for t in req.tokens if not 0 <= t < vocab]
         if bad:
@@ -358,7 +370,10 @@ def create_app(frontend, args) -> FastAPI:
                    docs_url=None, redoc_url=None)
     app.state.frontend = frontend
     app.state.created = int(time.time())
-    app.state.api_key = getattr(args, "api_key", None) or os.environ.get("MINISGL_API_KEY") or None
+    app.state.access = AccessControl(
+        getattr(args, "api_key", None) or os.environ.get("MINISGL_API_KEY") or None,
+        getattr(args, "api_key_file", None), getattr(args, "max_queued_requests", None))
+    app.state.max_running = getattr(args, "max_running_requests", 256)
     app.state.max_body_bytes = getattr(args, "max_request_bytes", None) or DEFAULT_MAX_BODY_BYTES
     app.state.metrics = ServerMetrics(frontend.model_name, frontend.stats,
                                       lambda: _is_ready(frontend),

@@ -37,6 +37,8 @@ class ServerArgs:
     seed: int = 0
     served_model_name: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    api_key_file: str | None = None  # many keys with optional rpm / tpm limits, reloaded on change
+    max_queued_requests: int | None = None  # beyond max_running_requests; None: unbounded
     shutdown_timeout: float = 30.0
     log_level: str = "info"
     shell_mode: bool = False
@@ -59,6 +61,12 @@ class ServerArgs:
         resolve_model_path(self.model_path, weights=not self.dummy_weight)  # ValueError names the problem
         if self.chat_template is not None:
             load_chat_template(self.chat_template)
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise ValueError(f"--max-queued-requests must be >= 0, got {self.max_queued_requests}")
+        if self.api_key_file is not None:
+            from minisgl.server.access import AccessControl
+
+            AccessControl(key_file=self.api_key_file)  # ValueError names the bad line
         if self.tokenizer_path is not None:
             from minisgl.models import resolve_tokenizer_path
 
@@ -191,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CORS: origins browsers may call the API from ('*' for any)")
     s.add_argument("--chat-template",
                    help="Jinja chat template file (or template text) replacing the tokenizer's")
+    s.add_argument("--api-key-file", metavar="FILE",
+                   help="API keys, one per line with optional limits ('sk-a rpm=60 tpm=100000'); "
+                        "reloaded when the file changes (e.g. a mounted Kubernetes Secret)")
+    s.add_argument("--max-queued-requests", type=int, metavar="N",
+                   help="requests that may wait beyond --max-running-requests; more get 503 "
+                        "with Retry-After (default: unbounded)")
     s.add_argument("--api-key",
                    help=f"require 'Authorization: Bearer KEY' (default: ${ENV_API_KEY})")
     s.add_argument("--shutdown-timeout", type=float, default=d["shutdown_timeout"].default,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import TypeVar
 
@@ -46,9 +47,11 @@ def error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, ValidationError):
         return JSONResponse(validation_error_body(exc), status_code=400)
     if isinstance(exc, MiniSGLError):
-        code = "invalid_api_key" if isinstance(exc, Unauthorized) else exc.http_status
+        code = "invalid_api_key" if isinstance(exc, Unauthorized) else getattr(exc, "code", exc.http_status)
         body = error_body(str(exc), exc.error_type, getattr(exc, "param", None), code)
-        return JSONResponse(body, status_code=exc.http_status)
+        seconds = getattr(exc, "retry_after_s", None)  # 429 / 503: when to come back
+        headers = None if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
+        return JSONResponse(body, status_code=exc.http_status, headers=headers)
     logger.exception("internal error while serving a request")
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "internal_error",
                                    code=500), status_code=500)

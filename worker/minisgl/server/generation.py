@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from minisgl.sampling_params import SamplingParams
 
@@ -29,8 +29,11 @@ class GenerationRun:
     """Chunks of all prompts of one request, tagged with the prompt index; records metrics."""
 
     def __init__(self, frontend, metrics: ServerMetrics, prompts: list[str | list[int]],
-                 params: SamplingParams, request_id: str) -> None:
+                 params: SamplingParams, request_id: str,
+                 on_tokens: Callable[[int], None] | None = None) -> None:
         self.frontend, self.metrics, self.request_id = frontend, metrics, request_id
+        self._on_tokens = on_tokens  # called once at the end with prompt + completion tokens
+        self.num_tokens = 0
         self.prompts, self.params = prompts, params
         self.arrival = time.perf_counter()
         self._iters: list[AsyncIterator[ReplyChunk]] = []
@@ -107,11 +110,13 @@ class GenerationRun:
         if chunk.prompt_token_ids is not None or chunk.queue_time_s is not None:
             if chunk.index == 0:  # prompt tokens count once per prompt, not per choice
                 m.prompt_tokens.inc(chunk.num_prompt_tokens)
+                self.num_tokens += chunk.num_prompt_tokens
             if chunk.queue_time_s is not None:
                 m.queue_time.observe(chunk.queue_time_s)
         if chunk.token_ids:
             n = len(chunk.token_ids)
             m.generation_tokens.inc(n)
+            self.num_tokens += n
             if not self._first_token_seen:
                 self._first_token_seen = True
                 m.ttft.observe(now - self.arrival)
@@ -143,6 +148,8 @@ class GenerationRun:
         if self._recorded:
             return
         self._recorded = True
+        if self._on_tokens is not None:
+            self._on_tokens(self.num_tokens)
         final = self.status or status
         self.metrics.request_finished(final)
         if final != "error":

@@ -91,6 +91,11 @@ class ServerMetrics:
         self.queue_time = Histogram("minisgl_queue_time_seconds", "Arrival at the scheduler to "
                                     "first scheduled.", lbl, buckets=TTFT_BUCKETS,
                                     registry=r).labels(model)
+        self.rate_limited = Counter("minisgl_rate_limited_requests", "Requests refused with 429: "
+                                    "an API key over its rpm / tpm limit.", lbl,
+                                    registry=r).labels(model)
+        self.shed = Counter("minisgl_shed_requests", "Requests refused with 503 because the "
+                            "queue was full (--max-queued-requests).", lbl, registry=r).labels(model)
         for status in ("success", "error", "abort"):
             self.requests.labels(model, status)  # export zeros so rate() works from the start
         r.register(_SchedulerCollector(model, stats, ready, startup_seconds))
