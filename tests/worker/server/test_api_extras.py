@@ -18,7 +18,7 @@ def extras_server(tiny_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("extras")
     (d / "template.jinja").write_text(TEMPLATE)
     s = start_server(tiny_model, d / "server.log", "--allowed-origins", ORIGIN,
-                     "--chat-template", str(d / "template.jinja"))
+                     "--chat-template", str(d / "template.jinja"), "--reasoning-parser", "qwen3")
     yield s
     s.stop()
 
@@ -77,3 +77,11 @@ def test_cors_allows_only_the_configured_origin(extras_server):
     assert r.headers.get("access-control-allow-origin") != "http://evil.example"
     r = post(extras_server, "/v1/completions", {"prompt": "hi", "max_tokens": 1}, headers={"Origin": ORIGIN})
     assert r.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_reasoning_parser_adds_reasoning_content(extras_server):
+    r = post(extras_server, "/v1/chat/completions",
+             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    message = r.json()["choices"][0]["message"]
+    assert "reasoning_content" in message  # None: this random model did not open <think>
+    assert message["reasoning_content"] is None or isinstance(message["reasoning_content"], str)

@@ -12,6 +12,7 @@ ALL_FLAGS = [
     "--memory-ratio", "--max-prefill-length", "--page-size", "--num-pages", "--dummy-weight",
     "--device", "--served-model-name", "--api-key", "--shutdown-timeout", "--log-level",
     "--shell-mode", "--tokenizer-path", "--disable-overlap", "--allowed-origins", "--chat-template",
+    "--reasoning-parser", "--api-key-file", "--max-queued-requests",
 ]
 
 

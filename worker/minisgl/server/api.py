@@ -189,7 +189,8 @@ async def chat_completions(request: Request) -> Response:
     except Exception as e:
         return _reject(request, e)
     run = _run(request, [ids], params, "chatcmpl")
-    builder = oai.ResponseBuilder(run, frontend.model_name, True, state.formatter)
+    builder = oai.ResponseBuilder(run, frontend.model_name, True, state.formatter,
+                                  reasoning_parser=state.reasoning_parser)
     return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
                           lambda: _collect(builder))
 
@@ -380,6 +381,7 @@ def create_app(frontend, args) -> FastAPI:
                                       getattr(frontend, "startup_seconds", None))
     app.state.formatter = LogprobFormatter(frontend.tokenizer)
     app.state.tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="api-tokenize")
+    app.state.reasoning_parser = getattr(args, "reasoning_parser", None)
     install_error_handlers(app)
     app.include_router(router)
     origins = list(getattr(args, "allowed_origins", ()) or ())

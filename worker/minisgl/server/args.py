@@ -43,6 +43,7 @@ class ServerArgs:
     log_level: str = "info"
     shell_mode: bool = False
     allowed_origins: tuple[str, ...] = ()  # CORS; empty: no CORS headers
+    reasoning_parser: str | None = None  # qwen3 | deepseek_r1: <think> -> reasoning_content
     chat_template: str | None = None  # a Jinja file (or the template text) replacing the tokenizer's
 
     def __post_init__(self) -> None:
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer processes; 0: the detokenizer process also tokenizes")
     s.add_argument("--allowed-origins", nargs="+", default=(), metavar="ORIGIN",
                    help="CORS: origins browsers may call the API from ('*' for any)")
+    s.add_argument("--reasoning-parser", choices=("qwen3", "deepseek_r1"),
+                   help="split <think>...</think> into the chat response's reasoning_content")
     s.add_argument("--chat-template",
                    help="Jinja chat template file (or template text) replacing the tokenizer's")
     s.add_argument("--api-key-file", metavar="FILE",

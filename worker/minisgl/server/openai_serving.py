@@ -22,6 +22,7 @@ from minisgl.sampling_params import SamplingParams
 from minisgl.server.generation import GenerationRun
 from minisgl.server.logprobs import LogprobFormatter
 from minisgl.server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from minisgl.server.reasoning import create_reasoning_parser, split_reasoning
 
 logger = logging.getLogger(__name__)
 
@@ -160,12 +161,14 @@ class ResponseBuilder:
     """Accumulates chunks and renders OpenAI completion / chat objects from them."""
 
     def __init__(self, run: GenerationRun, model: str, chat: bool, fmt: LogprobFormatter,
-                 echo_texts: list[str] | None = None) -> None:
+                 echo_texts: list[str] | None = None, reasoning_parser: str | None = None) -> None:
         self.run, self.model, self.chat, self.fmt = run, model, chat, fmt
+        self.reasoning_parser = reasoning_parser if chat else None  # --reasoning-parser
         self.n = run.params.n
         self.created = int(time.time())
         self.echo_texts = echo_texts
         self.choices = [_Choice() for _ in range(len(run.prompts) * self.n)]
+        self.reasoners = [create_reasoning_parser(self.reasoning_parser) for _ in self.choices]
         self.prompt_tokens = [0] * len(run.prompts)
         self.cached_tokens = [0] * len(run.prompts)
         self.prompt_ids: list[list[int] | None] = [None] * len(run.prompts)
@@ -226,7 +229,11 @@ class ResponseBuilder:
             if self.chat:
                 if self.want_logprobs:
                     logprobs = self._logprobs(idx, 0, 0)
-                out.append({"index": idx, "message": {"role": "assistant", "content": text},
+                message = {"role": "assistant", "content": text}
+                if self.reasoning_parser is not None:
+                    reasoning, message["content"] = split_reasoning(self.reasoning_parser, text)
+                    message["reasoning_content"] = reasoning
+                out.append({"index": idx, "message": message,
                             "logprobs": logprobs, "finish_reason": c.finish_reason})
                 continue
             echo_text, echo_lp = self._echo(p) if self.echo_texts is not None else ("", None)
@@ -247,6 +254,18 @@ class ResponseBuilder:
         if usage:
             obj["usage"] = self.usage()
         return obj
+
+
+def _chat_delta(reasoner, text: str, finished: bool) -> dict:
+    if reasoner is None:
+        return {"content": text} if text else {}
+    reasoning, content = reasoner.feed(text, final=finished)
+    delta = {}
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if content:
+        delta["content"] = content
+    return delta
 
 
 async def stream_events(builder: ResponseBuilder, include_usage: bool,
@@ -275,7 +294,7 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
                 lp = builder._logprobs(idx, start, offset) if builder.want_logprobs else None
                 fin = c.finish_reason if chunk.finished else None
                 if builder.chat:
-                    delta = {"content": chunk.text} if chunk.text else {}
+                    delta = _chat_delta(builder.reasoners[idx], chunk.text, chunk.finished)
                     choices.append({"index": idx, "delta": delta, "logprobs": lp,
                                     "finish_reason": fin})
                 else:
