@@ -160,6 +160,10 @@ class Reconciler:
             if kind == "ServiceMonitor" and not monitor_api:
                 continue
             existing = self.store.get(kind, owner.namespace, owner.name)
+            if existing is None and kind == "ServiceMonitor":
+                # Its watch starts only once the CRD appears, so the cache may not have seen
+                # the one we applied just before: ask (one GET, only while monitoring is off).
+                existing = self.kube.get(object_path(api_version, kind, owner.namespace, owner.name))
             if existing is not None and owned_by(existing, owner.uid):
                 logger.info("deleting %s %s/%s: no longer in the spec", kind, owner.namespace, owner.name)
                 self.kube.delete(object_path(api_version, kind, owner.namespace, owner.name))
