@@ -57,6 +57,9 @@ def common_labels(name: str) -> dict[str, str]:
     }
 
 
+API_KEYS_PATH = "/etc/minisgl/api-keys"
+
+
 def worker_args(spec: WorkerSpec) -> list[str]:
     """Flags of `python -m minisgl` (see the worker's CLI); extraArgs come last."""
     args = [
@@ -76,6 +79,9 @@ def worker_args(spec: WorkerSpec) -> list[str]:
         "--max-prefill-length": spec.max_prefill_length,
         "--page-size": spec.page_size,
         "--memory-ratio": spec.memory_ratio,
+        "--max-queued-requests": spec.max_queued_requests,
+        "--api-key-file": (None if spec.api_keys_secret is None
+                           else f"{API_KEYS_PATH}/{spec.api_keys_secret.key}"),
     }
     for flag, value in optional.items():
         if value is not None:
@@ -189,6 +195,9 @@ def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False, model
         {"name": "scratch", "emptyDir": {}},
         cache,
     ]
+    if spec.api_keys_secret is not None:  # a mounted Secret: kubelet swaps it on change, the worker reloads
+        volumes.append({"name": "api-keys", "secret": {"secretName": spec.api_keys_secret.name}})
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_PATH, "readOnly": True})
     container = {
         "name": CONTAINER_NAME,
         "image": spec.image,

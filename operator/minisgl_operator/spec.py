@@ -75,6 +75,8 @@ class WorkerSpec:
     cluster_ip: str | None = None
     service_annotations: dict = field(default_factory=dict)
     api_key_secret: SecretRef | None = None
+    api_keys_secret: SecretRef | None = None  # a key file (keys with rpm / tpm), mounted
+    max_queued_requests: int | None = None
     node_selector: dict = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
     affinity: dict | None = None
@@ -225,6 +227,8 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> Wor
         cluster_ip=service.get("clusterIP"),
         service_annotations=dict(service.get("annotations") or {}),
         api_key_secret=_secret(api_key, "api-key", "auth.apiKeySecretRef"),
+        api_keys_secret=_secret(auth.get("apiKeysSecretRef"), "keys", "auth.apiKeysSecretRef"),
+        max_queued_requests=_opt_int(auth.get("maxQueuedRequests"), "auth.maxQueuedRequests", 0),
         node_selector=dict(scheduling.get("nodeSelector") or {}),
         tolerations=tuple(scheduling.get("tolerations") or ()),
         affinity=scheduling.get("affinity"),

@@ -36,6 +36,7 @@ def make_spec(tp: int, pvc: bool, secret: bool, autoscale: bool, template: bool)
     if secret:
         spec["model"]["tokenSecretRef"] = {"name": "hf-token"}
         spec["service"] = {"apiKeySecretRef": {"name": "api"}}
+        spec["auth"] = {"apiKeysSecretRef": {"name": "keys"}, "maxQueuedRequests": 64}
     if autoscale:
         spec["autoscaling"] = {"minReplicas": 2, "maxReplicas": 6, "metric": "kv-usage", "target": 0.75}
     if template:
@@ -222,3 +223,19 @@ def test_a_local_model_path_gets_no_revision():
     raw["model"]["path"] = "/models/qwen"
     dep = kinds_of(desired_objects(OWNER, parse_spec(raw), RolloutPlan(IN_PLACE, "x"), False))["Deployment"]
     assert "MINISGL_MODEL_REVISION" not in {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_auth_key_file_is_mounted_and_the_worker_cli_takes_the_flags():
+    from minisgl.server.args import build_parser
+
+    spec = parse_spec(make_spec(1, False, True, False, False))
+    dep = kinds_of(desired_objects(OWNER, spec, plan_rollout(spec, {}), service_monitor_available=True))["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    [secret] = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    assert secret["secret"]["secretName"] == "keys"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] is True
+    ns = build_parser().parse_args(worker_args(spec))  # the worker's own parser accepts them
+    assert ns.api_key_file == f"{mount['mountPath']}/keys" and ns.max_queued_requests == 64
+    with pytest.raises(ValueError, match="auth.maxQueuedRequests"):
+        parse_spec({**make_spec(1, False, False, False, False), "auth": {"maxQueuedRequests": -1}})
