@@ -22,6 +22,8 @@ NAMES = {
     "minisgl_prefix_cache_query_tokens": "counter",
     "minisgl_last_step_timestamp_seconds": "gauge", "minisgl_server_ready": "gauge",
     "minisgl_preemptions": "counter", "minisgl_startup_seconds": "gauge",
+    "minisgl_finished_choices": "counter", "minisgl_rate_limited_requests": "counter",
+    "minisgl_shed_requests": "counter",
 }
 
 
@@ -74,6 +76,8 @@ def test_counters_and_histograms_move_with_requests(server):
 
     assert delta("minisgl_requests_total{status=success}") == 1
     assert delta("minisgl_requests_total{status=error}") == 1
+    assert delta("minisgl_finished_choices_total{reason=length}") == 1
+    assert delta("minisgl_finished_choices_total{reason=stop}") == 0
     assert delta("minisgl_generation_tokens_total{}") == 5
     assert delta("minisgl_prompt_tokens_total{}") >= 2
     assert delta("minisgl_time_to_first_token_seconds_count{}") == 1

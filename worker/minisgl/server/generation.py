@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from minisgl.sampling_params import SamplingParams
+from minisgl.server.metrics import FINISH_REASONS
 
 if TYPE_CHECKING:
     from minisgl.message.frontend import ReplyChunk
@@ -127,6 +128,8 @@ class GenerationRun:
             self._last_token_time[key] = now
         if chunk.finished:
             self._live.discard(key)
+            if chunk.finish_reason in FINISH_REASONS:
+                m.finish_reasons.labels(m.model, chunk.finish_reason).inc()
             if chunk.finish_reason == "abort":
                 self.status = "abort"
         return chunk

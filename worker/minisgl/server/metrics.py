@@ -67,6 +67,9 @@ class _SchedulerCollector(Collector):
                         self._startup)
 
 
+FINISH_REASONS = ("stop", "length", "abort")
+
+
 class ServerMetrics:
     """The metrics of one served model; `observe_*` are called by the serving layer."""
 
@@ -96,6 +99,10 @@ class ServerMetrics:
                                     registry=r).labels(model)
         self.shed = Counter("minisgl_shed_requests", "Requests refused with 503 because the "
                             "queue was full (--max-queued-requests).", lbl, registry=r).labels(model)
+        self.finish_reasons = Counter("minisgl_finished_choices", "Finished choices (one per n) by "
+                                      "finish reason.", ["model", "reason"], registry=r)
+        for reason in FINISH_REASONS:
+            self.finish_reasons.labels(model, reason)
         for status in ("success", "error", "abort"):
             self.requests.labels(model, status)  # export zeros so rate() works from the start
         r.register(_SchedulerCollector(model, stats, ready, startup_seconds))
