@@ -78,10 +78,6 @@ class Batch:
         return len(self.rows)
 
     @property
-    def num_tokens(self) -> int:
-        return sum(self.extend_lens)
-
-    @property
     def seq_lens(self) -> list[int]:
         return [p + e for p, e in zip(self.prefix_lens, self.extend_lens)]
 
