@@ -14,6 +14,8 @@ import functools
 
 import torch
 
+from minisgl.layers.rotary import _rotate
+
 
 @functools.cache
 def _kernel():
@@ -97,11 +99,6 @@ def qk_rope_store_reference(qkv: torch.Tensor, positions: torch.Tensor, cos_sin:
         k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + eps) * k_weight.float()
     cos, sin = cos_sin[positions].float().chunk(2, dim=-1)  # [T, D/2] each
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-
-    def rotate(x):
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-    k_cache[slots] = rotate(k).to(k_cache.dtype)
+    k_cache[slots] = _rotate(k, cos, sin).to(k_cache.dtype)  # float32 in, float32 out
     v_cache[slots] = v.reshape(t, num_kv_heads, d).to(v_cache.dtype)
-    return rotate(q).to(qkv.dtype)
+    return _rotate(q, cos, sin).to(qkv.dtype)
