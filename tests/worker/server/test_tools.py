@@ -213,3 +213,230 @@ def test_default_parser_from_chat_template():
     from tests.helpers.tiny_model import CHAT_TEMPLATE
     assert default_parser_for_template(CHAT_TEMPLATE) is None
     assert default_parser_for_template(None) is None
+
+
+# --- the request side: tools, tool_choice, parallel_tool_calls --------------------------------
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["C", "F"]}},
+        "required": ["city"], "additionalProperties": False}}}
+NOW_TOOL = {"type": "function", "function": {"name": "now"}}  # no parameters
+TOOLS = [WEATHER_TOOL, NOW_TOOL]
+
+
+@pytest.mark.parametrize("tools,choice,parallel,param", [
+    ("get_weather", None, None, "tools"),
+    ([{"type": "retrieval"}], None, None, "tools[0].type"),
+    ([{"type": "function"}], None, None, "tools[0].function"),
+    ([{"type": "function", "function": {"name": "has space"}}], None, None, "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": "x" * 65}}], None, None, "tools[0].function.name"),
+    ([NOW_TOOL, NOW_TOOL], None, None, "tools[1].function.name"),
+    ([{"type": "function", "function": {"name": "f", "parameters": "{}"}}], None, None,
+     "tools[0].function.parameters"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}], None, None,
+     "tools[0].function.parameters.type"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"properties": []}}}], None,
+     None, "tools[0].function.parameters.properties"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"required": "a"}}}], None,
+     None, "tools[0].function.parameters.required"),
+    ([{"type": "function", "function": {"name": "f", "description": 3}}], None, None,
+     "tools[0].function.description"),
+    ([NOW_TOOL] * 129, None, None, "tools"),
+    (None, "required", None, "tool_choice"),
+    (TOOLS, "sometimes", None, "tool_choice"),
+    (TOOLS, {"type": "function", "function": {"name": "missing"}}, None, "tool_choice.function.name"),
+    (None, {"type": "function", "function": {"name": "now"}}, None, "tool_choice.function.name"),
+    (TOOLS, {"type": "function"}, None, "tool_choice.function.name"),
+    (TOOLS, None, "yes", "parallel_tool_calls"),
+])
+def test_bad_tool_fields_are_400s_naming_the_field(tools, choice, parallel, param):
+    with pytest.raises(InvalidRequest) as info:
+        plan_tools(tools, choice, parallel)
+    assert info.value.param == param
+    response = error_response(info.value)
+    assert response.status_code == 400
+    body = json.loads(response.body)["error"]
+    assert body["param"] == param and body["message"]
+
+
+def test_tool_choice_resolution():
+    assert plan_tools(None) is None and plan_tools([], "auto") is None and plan_tools(None, "none") is None
+    auto = plan_tools(TOOLS)
+    assert (auto.choice, auto.forced, auto.parallel, auto.names) == (
+        "auto", False, True, {"get_weather", "now"})
+    assert auto.schema() is None
+    assert plan_tools(TOOLS, "none").parser("hermes") is None  # tools reach the template, no parsing
+    parser = auto.parser("hermes")
+    assert [c.name for c in parser.parse(HERMES_TWO).calls] == ["get_weather", "now"]
+    single = plan_tools(TOOLS, "auto", parallel_tool_calls=False).parser("hermes")
+    assert [c.name for c in single.parse(HERMES_TWO).calls] == ["get_weather"]
+    with pytest.raises(InvalidRequest, match="--tool-call-parser"):
+        auto.parser(None)
+    named = plan_tools(TOOLS, {"type": "function", "function": {"name": "now"}})
+    assert (named.choice, named.function, named.forced) == ("function", "now", True)
+
+
+def forced_output(rng: random.Random, tools: list[dict]) -> dict:
+    """A call as a constrained model would write it: a tool and arguments valid for it."""
+    tool = rng.choice(tools)["function"]
+    if tool["name"] == "get_weather":
+        args = {"city": rng.choice(["Paris", "東京", "a\"b}"])}
+        if rng.random() < 0.5:
+            args["unit"] = rng.choice(["C", "F"])
+    else:
+        args = {}
+    return {"name": tool["name"], "arguments": args}
+
+
+def test_required_schema_accepts_exactly_valid_calls():
+    rng = random.Random(0)
+    required = required_schema(TOOLS, "required", parallel=True, max_calls=3)
+    single = required_schema(TOOLS, "required", parallel=False)
+    named = required_schema(TOOLS, {"type": "function", "function": {"name": "get_weather"}})
+    for schema in (required, single, named):
+        jsonschema.Draft202012Validator.check_schema(schema)
+    ok = jsonschema.Draft202012Validator
+    for _ in range(20):
+        calls = [forced_output(rng, TOOLS) for _ in range(rng.randint(1, 3))]
+        assert ok(required).is_valid(calls)
+        assert ok(single).is_valid(calls[:1]) and ok(single).is_valid(calls) == (len(calls) == 1)
+    assert ok(named).is_valid({"name": "get_weather", "arguments": {"city": "Oslo"}})
+    bad = [[], [{"name": "nope", "arguments": {}}], [{"name": "now", "arguments": {"x": 1}}],
+           [{"name": "get_weather", "arguments": {"unit": "C"}}],
+           [{"name": "get_weather", "arguments": {"city": "Oslo"}, "extra": 1}],
+           [{"name": "now"}], [forced_output(rng, TOOLS)] * 4]
+    for calls in bad:
+        assert not ok(required).is_valid(calls), calls
+    assert not ok(named).is_valid({"name": "now", "arguments": {}})
+    with pytest.raises(ValueError):
+        required_schema(TOOLS, "auto")
+
+
+def test_required_schema_compiles_with_xgrammar_and_constrains_to_calls():
+    xgr = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+    grammar = xgr.Grammar.from_json_schema(json.dumps(
+        plan_tools(TOOLS, "required", parallel_tool_calls=False).schema()))
+    good = json.dumps([{"name": "get_weather", "arguments": {"city": "Rome", "unit": "F"}}])
+    assert accepts(grammar, good)
+    assert not accepts(grammar, json.dumps([{"name": "other", "arguments": {}}]))
+    assert not accepts(grammar, json.dumps([{"name": "now", "arguments": {}}] * 2))
+    named = xgr.Grammar.from_json_schema(json.dumps(plan_tools(
+        TOOLS, {"type": "function", "function": {"name": "now"}}).schema()))
+    assert accepts(named, '{"name": "now", "arguments": {}}')
+    assert not accepts(named, '{"name": "now", "arguments": {"a": 1}}')
+
+
+def test_forced_output_parses_back_into_calls_whole_and_streamed():
+    rng = random.Random(1)
+    for _ in range(10):
+        calls = [forced_output(rng, TOOLS) for _ in range(rng.randint(1, 3))]
+        text = json.dumps(calls, ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, 2]))
+        parsed = parse_forced(text, single=False)
+        assert [(c.name, json.loads(c.arguments)) for c in parsed] == [
+            (c["name"], c["arguments"]) for c in calls]
+        parser = ForcedParser(single=False)
+        events = [e for ch in text for e in parser.feed(ch)] + parser.finish()
+        assert not [e for e in events if "content" in e]
+        assert without_ids(whole_from(parser)) == without_ids(
+            (None, [{"name": c.name, "arguments": c.arguments} for c in parsed]))
+    one = parse_forced('{"name": "now", "arguments": {}}', single=True)
+    assert [(c.name, c.arguments) for c in one] == [("now", "{}")]
+    # Cut by max_tokens: the finished calls are kept, the rest is content.
+    cut = ForcedParser(single=False).parse('[{"name": "now", "arguments": {}}, {"name": "get_w')
+    assert [c.name for c in cut.calls] == ["now"] and cut.content == '{"name": "get_w'
+
+
+def whole_from(parser):
+    result = parser.result()
+    return result.content, [{"name": c.name, "arguments": c.arguments} for c in result.calls]
+
+
+# --- tool messages through chat templates -------------------------------------------------------
+
+# Small templates that read the same fields as the real ones (written here, not copied):
+# Qwen2.5 writes `arguments | tojson`, Qwen3 passes a string through and tojson's a dict, and
+# Llama 3.1 writes the first call as {"name", "parameters"} and the tool result's content.
+QWEN25_LIKE = (
+    "{%- for m in messages %}{%- if m.role == 'assistant' and m.tool_calls %}"
+    "{%- for tc in m.tool_calls %}{%- if tc.function is defined %}{%- set tc = tc.function %}{%- endif %}"
+    "<tool_call>\n{\"name\": \"{{ tc.name }}\", \"arguments\": {{ tc.arguments | tojson }}}\n</tool_call>"
+    "{%- endfor %}{%- elif m.role == 'tool' %}<tool_response>\n{{ m.content }}\n</tool_response>"
+    "{%- else %}{{ m.role }}: {{ m.content }}\n{%- endif %}{%- endfor %}")
+QWEN3_LIKE = QWEN25_LIKE.replace(
+    "{{ tc.arguments | tojson }}",
+    "{%- if tc.arguments is string %}{{ tc.arguments }}{%- else %}{{ tc.arguments | tojson }}{%- endif %}")
+LLAMA31_LIKE = (
+    "{%- for m in messages %}{%- if m.tool_calls %}{%- set tc = m.tool_calls[0].function %}"
+    "{{ '{\"name\": \"' + tc.name + '\", \"parameters\": ' }}{{ tc.arguments | tojson }}}"
+    "{%- elif m.role == 'tool' %}ipython[{{ m.tool_call_id }}|{{ m.name }}]: {{ m.content }}"
+    "{%- else %}{{ m.role }}: {{ m.content }}{%- endif %}{{ '\\n' }}{%- endfor %}")
+
+HISTORY = [
+    {"role": "user", "content": "Weather in Paris and the time?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_a", "type": "function",
+         "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "note": "é\"}"})}},
+        {"id": "call_b", "type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "call_a", "content": [{"type": "text", "text": "18C"}]},
+    {"role": "tool", "tool_call_id": "call_b", "content": "12:00"},
+]
+
+
+def render(template: str, messages: list[dict]) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+    rendered, _ = render_jinja_template([messages], chat_template=template)
+    return rendered[0]
+
+
+@pytest.mark.parametrize("template", [QWEN25_LIKE, QWEN3_LIKE])
+def test_tool_history_renders_in_hermes_templates_as_the_calls_the_model_made(template):
+    text = render(template, normalize_messages(HISTORY))
+    # What the template wrote is what the hermes parser reads back: the same calls.
+    calls = parse_tool_calls("hermes", text).calls
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        (tc["function"]["name"], json.loads(tc["function"]["arguments"]))
+        for tc in HISTORY[1]["tool_calls"]]
+    assert "<tool_response>\n18C\n</tool_response>" in text
+    bodies = re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text)
+    assert [type(json.loads(b)["arguments"]) for b in bodies] == [dict, dict]
+    if template is QWEN25_LIKE:  # unnormalized, the template writes the arguments as a string
+        raw = [dict(m, content=m["content"] if isinstance(m["content"], str) else "") for m in HISTORY]
+        bodies = re.findall(r"<tool_call>\n(.*?)\n</tool_call>", render(template, raw))
+        assert [type(json.loads(b)["arguments"]) for b in bodies] == [str, str]
+
+
+def test_tool_history_renders_in_a_llama_template_with_ids_and_names():
+    text = render(LLAMA31_LIKE, normalize_messages(HISTORY))
+    calls = parse_tool_calls("llama3_json", text.split("\n")[1]).calls
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris", "note": "é\"}"})]
+    assert "ipython[call_a|get_weather]: 18C" in text and "ipython[call_b|now]: 12:00" in text
+
+
+def test_normalize_messages_accepts_request_models_and_rejects_bad_calls():
+    from minisgl.server.protocol import ChatCompletionRequest
+    req = ChatCompletionRequest.model_validate({"messages": HISTORY})
+    assert normalize_messages(req.messages) == normalize_messages(HISTORY)
+    assert normalize_messages(HISTORY)[1]["tool_calls"][0] == {
+        "id": "call_a", "type": "function",
+        "function": {"name": "get_weather", "arguments": json.loads(
+            HISTORY[1]["tool_calls"][0]["function"]["arguments"])}}
+    bad = [
+        ([{"role": "assistant", "tool_calls": [{"id": "x", "function": {"name": "f", "arguments": "{oops"}}]}],
+         "messages[0].tool_calls[0].function.arguments"),
+        ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}],
+         "messages[0].tool_calls[0].function.arguments"),
+        ([{"role": "assistant", "tool_calls": {"function": {}}}], "messages[0].tool_calls"),
+        ([{"role": "assistant", "tool_calls": [{"id": 1, "function": {"name": "f"}}]}],
+         "messages[0].tool_calls[0].id"),
+        ([{"role": "user", "content": "x", "tool_calls": []}], "messages[0].tool_calls"),
+        ([{"role": "tool", "content": "x"}], "messages[0].tool_call_id"),
+    ]
+    for messages, param in bad:
+        with pytest.raises(InvalidRequest) as info:
+            normalize_messages(messages)
+        assert info.value.param == param
