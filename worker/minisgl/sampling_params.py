@@ -6,8 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from minisgl.errors import InvalidRequest
+from minisgl.grammar import check_grammar
 
 MAX_N = 16
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 MAX_STOP_TOKEN_IDS = 256
 GREEDY_TEMPERATURE = 1e-5
 MAX_TOP_LOGPROBS = 20
@@ -19,6 +21,8 @@ class SamplingParams:
 
     temperature 0 (or top_k 1) means greedy. top_k <= 0 disables top-k.
     logprobs: None = no logprobs; 0 = logprob of the chosen token; k > 0 = also the top-k.
+    grammar: (kind, source) constraining the output (see minisgl.grammar), None = free text.
+    logit_bias: (token id, bias in [-100, 100]) pairs added to the logits before sampling.
     """
 
     max_tokens: int = 16
@@ -39,6 +43,8 @@ class SamplingParams:
     prompt_logprobs: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    grammar: tuple[str, str] | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -87,6 +93,15 @@ class SamplingParams:
         for ok, param, message in checks:
             if not ok:
                 raise InvalidRequest(message, param=param)
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise InvalidRequest(f"at most {MAX_LOGIT_BIAS} logit_bias entries", param="logit_bias")
+        for token, bias in self.logit_bias:
+            if not (isinstance(token, int) and token >= 0):
+                raise InvalidRequest(f"logit_bias token {token!r} is not a token id", "logit_bias")
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequest(f"logit_bias for token {token} must be in [-100, 100]",
+                                     param="logit_bias")
+        check_grammar(self.grammar)
         return self
 
     def replace(self, **changes) -> "SamplingParams":
@@ -96,6 +111,8 @@ class SamplingParams:
         d = dataclasses.asdict(self)
         d["stop"] = list(self.stop)
         d["stop_token_ids"] = list(self.stop_token_ids)
+        d["grammar"] = list(self.grammar) if self.grammar is not None else None
+        d["logit_bias"] = [list(pair) for pair in self.logit_bias]
         return d
 
     @classmethod
@@ -103,4 +120,6 @@ class SamplingParams:
         d = dict(d)
         d["stop"] = tuple(d.get("stop") or ())
         d["stop_token_ids"] = tuple(d.get("stop_token_ids") or ())
+        d["grammar"] = tuple(d["grammar"]) if d.get("grammar") else None
+        d["logit_bias"] = tuple((int(t), float(b)) for t, b in d.get("logit_bias") or ())
         return cls(**d)

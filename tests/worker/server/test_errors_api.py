@@ -62,24 +62,39 @@ BAD = [
     ("completion logprobs too large", COMPLETIONS, {"prompt": "hi", "logprobs": 50}, 400),
     ("generate empty prompt", "/generate", {"prompt": "", "max_tokens": 3}, 400),
     ("generate max_tokens 0", "/generate", {"prompt": "hi", "max_tokens": 0}, 400),
+    # structured output: each reaches the compiler (or is refused before it) and gets a 400
+    ("schema xgrammar cannot compile", CHAT, {"messages": MSG, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}}, 400),
+    ("schema not an object", COMPLETIONS, {"prompt": "hi", "guided_json": "[1, 2]"}, 400),
+    ("schema not json", COMPLETIONS, {"prompt": "hi", "guided_json": "{nope"}, 400),
+    ("json_schema without schema", CHAT, {"messages": MSG, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x"}}}, 400),
+    ("unknown response_format type", CHAT, {"messages": MSG,
+                                            "response_format": {"type": "yaml"}}, 400),
+    ("bad regex", COMPLETIONS, {"prompt": "hi", "guided_regex": "[a-"}, 400),
+    ("bad grammar", COMPLETIONS, {"prompt": "hi", "guided_grammar": "root ::= (("}, 400),
+    ("empty choice", COMPLETIONS, {"prompt": "hi", "guided_choice": []}, 400),
+    ("two constraints", COMPLETIONS, {"prompt": "hi", "guided_regex": "a+",
+                                      "response_format": {"type": "json_object"}}, 400),
+    ("structured_outputs two", COMPLETIONS, {"prompt": "hi", "structured_outputs": {
+        "regex": "a+", "choice": ["a"]}}, 400),
+    ("logit_bias out of range", CHAT, {"messages": MSG, "logit_bias": {"5": 101}}, 400),
+    ("logit_bias key not an id", CHAT, {"messages": MSG, "logit_bias": {"five": 1}}, 400),
+    ("logit_bias not a number", CHAT, {"messages": MSG, "logit_bias": {"5": "up"}}, 400),
 ]
 
 # Fields that would change the answer and are not implemented yet: refused, never ignored.
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 REFUSED = [
-    (CHAT, {"response_format": {"type": "json_object"}}, "response_format"),
     (CHAT, {"tools": [TOOL]}, "tools"),
     (CHAT, {"tools": [TOOL], "tool_choice": "required"}, "tools"),
     (CHAT, {"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
-    (CHAT, {"logit_bias": {"5": 100}}, "logit_bias"),
-    (CHAT, {"guided_json": {"type": "object"}}, "guided_json"),
-    (COMPLETIONS, {"guided_regex": "[a-z]+"}, "guided_regex"),
-    (COMPLETIONS, {"guided_choice": ["yes", "no"]}, "guided_choice"),
-    (COMPLETIONS, {"structured_outputs": {"json": {}}}, "structured_outputs"),
     (COMPLETIONS, {"best_of": 3}, "best_of"),
     (COMPLETIONS, {"suffix": "!"}, "suffix"),
 ]
 NOOPS = [{"response_format": {"type": "text"}}, {"tools": [], "tool_choice": "none"},
+         {"guided_json": None, "structured_outputs": None},
          {"logit_bias": {}}, {"tool_choice": "auto"}, {"response_format": None, "tools": None},
          {"best_of": 1}]
 

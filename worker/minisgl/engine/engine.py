@@ -6,7 +6,7 @@ It never decides what to run (the scheduler does) and never touches sockets.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -158,8 +158,11 @@ class Engine:
         return self.launch(batch).result()
 
     @torch.inference_mode()
-    def launch(self, batch: Batch) -> PendingForward:
-        """Enqueue one step (forward, sampling, copies to the host) without waiting for it."""
+    def launch(self, batch: Batch, mask: Callable[[], tuple[torch.Tensor, list[int]]] | None = None
+               ) -> PendingForward:
+        """Enqueue one step (forward, sampling, copies to the host) without waiting for it.
+
+        mask: the grammar bitmask of the sample rows, called after the forward is enqueued."""
         self.state.apply(batch)
         prompt_lp: dict[str, torch.Tensor] = {}
         if self.graphs is not None and self.graphs.can_run(batch):
@@ -175,7 +178,7 @@ class Engine:
         if logits is None:
             tensors["token_ids"] = torch.empty(0, dtype=torch.int64)
         else:
-            out = self.sampler(logits, [batch.rows[r] for r in batch.sample_rows])
+            out = self.sampler(logits, [batch.rows[r] for r in batch.sample_rows], mask)
             self.state.store_tokens(batch, out.token_ids)
             tensors["token_ids"] = out.token_ids
             if out.logprobs is not None:

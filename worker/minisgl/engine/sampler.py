@@ -1,6 +1,7 @@
 """Batched sampler: one call per scheduler step turns a batch's logits into next tokens.
 
-Order (as vLLM / HF): penalties and min_tokens on the raw logits -> greedy rows take the
+Order (as vLLM / HF): logit_bias and the grammar's token bitmask (structured output), then
+penalties and min_tokens on the raw logits -> greedy rows take the
 argmax -> temperature -> top-k -> top-p -> min-p -> sample with the exponential-race trick
 (argmax(probs / q), q ~ Exp(1)), which needs no host sync. Seeded rows draw their noise
 from their own generator over the whole vocabulary, so a seed gives the same tokens
@@ -11,7 +12,7 @@ log_softmax of the raw logits (before penalties and temperature), as vLLM report
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -99,7 +100,10 @@ class Sampler:
         self.device = torch.device(device)
         self._history = TokenHistory()  # token ids of live rows, for penalties
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow],
+                 mask: "Callable[[], tuple[torch.Tensor, list[int]]] | None" = None) -> SamplerOutput:
+        """mask: called once the logits are enqueued (so on a GPU the host fills the grammar
+        bitmask while the forward runs); returns ([B, ceil(V/32)] int32 bitmask, its rows)."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(
                 f"logits must be [num_rows={len(rows)}, vocab], got {tuple(logits.shape)}"
@@ -116,10 +120,16 @@ class Sampler:
         min_token_rows = [
             i for i, row in enumerate(rows) if len(row.output_ids) < row.params.min_tokens
         ]
-        if all_greedy and not (want_logprobs or penalty_rows or min_token_rows):
-            return SamplerOutput(logits.argmax(dim=-1), None, None, None)
+        adjusted = _apply_logit_bias(logits, params)
+        if mask is not None:
+            bitmask, masked_rows = mask()
+            if masked_rows:
+                from minisgl.grammar import apply_bitmask
 
-        adjusted = logits
+                adjusted = apply_bitmask(adjusted, bitmask, masked_rows)
+        if all_greedy and not (want_logprobs or penalty_rows or min_token_rows):
+            return SamplerOutput(adjusted.argmax(dim=-1), None, None, None)
+
         if penalty_rows:
             adjusted = apply_penalties(adjusted, rows, penalty_rows, self._history)
         if min_token_rows:
@@ -172,6 +182,23 @@ class Sampler:
         # Exp(1) can return 0; 0 / 0 would be NaN, which argmax prefers.
         noise.clamp_min_(torch.finfo(torch.float32).tiny)
         return (probs / noise).argmax(dim=-1)
+
+
+def _apply_logit_bias(logits: torch.Tensor, params: Sequence) -> torch.Tensor:
+    """logits plus each row's logit_bias (a new tensor; ids past the vocabulary are ignored)."""
+    rows, cols, values = [], [], []
+    V = logits.shape[1]
+    for i, p in enumerate(params):
+        for token, bias in p.logit_bias:
+            if token < V:
+                rows.append(i)
+                cols.append(token)
+                values.append(bias)
+    if not rows:
+        return logits
+    device = logits.device
+    index = (to_device(rows, torch.int64, device), to_device(cols, torch.int64, device))
+    return logits.index_put(index, to_device(values, torch.float32, device), accumulate=True)
 
 
 def _exponential(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

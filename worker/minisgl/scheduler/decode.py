@@ -24,7 +24,10 @@ class DecodeManager:
 
     def can_decode(self, req: Req) -> bool:
         """Admitted, prompt launched, and not certain to stop on length with the tokens
-        already launched (so overlap never launches a step it knows will be dropped)."""
+        already launched (so overlap never launches a step it knows will be dropped).
+        A constrained request waits for its last token: its grammar mask needs it."""
+        if req.matcher is not None and req.inflight:
+            return False
         launched = req.num_tokens_launched
         return (req.admitted and not req.finished and req.prefill_done
                 and launched < req.params.max_tokens

@@ -38,6 +38,7 @@ class Req:
     finished: bool = False
     finish_reason: str | None = None
     num_preemptions: int = 0
+    matcher: object = None  # structured output: the xgrammar GrammarMatcher of this choice
 
     @property
     def prompt_len(self) -> int:

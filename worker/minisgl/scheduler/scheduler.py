@@ -10,6 +10,11 @@ processed; decode inputs not yet on the host come from the engine's device state
 request that finishes at step N has one speculative token in step N+1, dropped on
 processing. Steps whose rows need the exact output history on the host (penalties,
 min_tokens) or a preemption process the in-flight step first.
+
+Structured output: a constrained request's matcher advances as its tokens are processed;
+the step that samples it fills its bitmask on the host after the forward is enqueued
+(overlapping the GPU). Under overlap a constrained row skips the step launched while its
+previous token is in flight, so unconstrained rows keep overlapping.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from minisgl.engine.batch import Batch
 from minisgl.engine.engine import Engine, ForwardOutput, PendingForward
 from minisgl.engine.sampler import make_generator
 from minisgl.errors import ContextTooLong, InvalidRequest
+from minisgl.grammar import GrammarBackend
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.cache import CacheManager
 from minisgl.scheduler.decode import DecodeManager, NeedSync
@@ -55,7 +61,17 @@ class Scheduler:
         self._live_uids: set[int] = set()
         self._hit_tokens = 0
         self._query_tokens = 0
+        self._grammar: GrammarBackend | None = None  # built on the first constrained request
         self.last_step_time = time.time()
+
+    def _grammar_backend(self) -> GrammarBackend:
+        if self._grammar is None:
+            from minisgl.tokenizer.worker import load_tokenizer
+
+            path = getattr(self.config, "tokenizer_path", None) or self.config.model_path
+            self._grammar = GrammarBackend(load_tokenizer(path), self.vocab_size,
+                                           self.eos_token_ids)
+        return self._grammar
 
     # ---- requests in -------------------------------------------------------------------
     def add_request(self, uid: int, input_ids: list[int], params: SamplingParams,
@@ -75,12 +91,16 @@ class Scheduler:
                 f"exceeds the model's context length of {self.max_model_len} tokens"
             )
         self.cache.check_fits(total)
+        grammar = self._grammar_backend() if params.grammar is not None else None
+        compiled = grammar.compile(params.grammar) if grammar is not None else None
         now = arrival_time if arrival_time is not None else time.time()
         first = None
         for i in range(params.n):
             p = params if params.seed is None else params.replace(seed=params.seed + i)
             gen = make_generator(p.seed, self.engine.device) if p.seed is not None else None
             req = Req(uid, i, list(input_ids), p, gen, now, parent=first)
+            if compiled is not None:
+                req.matcher = grammar.matcher(params.grammar)
             first = first or req
             self.prefill.add(req)
         self._live_uids.add(uid)
@@ -110,7 +130,7 @@ class Scheduler:
             batch = self._schedule(in_flight=False)
         previous, self._in_flight = self._in_flight, None
         if batch is not None:
-            self._in_flight = (batch, self.engine.launch(batch))
+            self._in_flight = (batch, self.engine.launch(batch, self._mask(batch)))
         if previous is not None:
             outputs += self._commit(*previous)
         if not self.overlap and self._in_flight is not None:
@@ -174,6 +194,13 @@ class Scheduler:
             batch.rows[r].inflight += 1
         return batch
 
+    def _mask(self, batch: Batch):
+        """The grammar bitmask callback of a batch with constrained sample rows, else None."""
+        matchers = [batch.rows[r].matcher for r in batch.sample_rows]
+        if self._grammar is None or not any(m is not None for m in matchers):
+            return None
+        return lambda: self._grammar.fill(matchers)
+
     def _process(self, batch: Batch, result: ForwardOutput) -> list[TokenOutput]:
         outputs: list[TokenOutput] = []
         sampled = {row: k for k, row in enumerate(batch.sample_rows)}
@@ -201,6 +228,8 @@ class Scheduler:
             if result.top_logprobs is not None and req.params.logprobs:
                 out.top_logprobs = result.top_logprobs[k][: req.params.logprobs]
             reason = self._stop_reason(req)
+            if req.matcher is not None:
+                reason = self._advance_grammar(req) or reason
             if reason:
                 self._release(req, reason)
                 out.finished, out.finish_reason = True, reason
@@ -230,6 +259,14 @@ class Scheduler:
             return "length"
         return None
 
+    def _advance_grammar(self, req: Req) -> str | None:
+        """Feed the new token to the matcher; "stop" once the grammar is complete."""
+        token = req.output_ids[-1]
+        if not req.matcher.accept_token(token):  # the mask allowed only accepted tokens
+            logger.error("request %d: grammar rejected token %d; stopping it", req.uid, token)
+            return "stop"
+        return "stop" if req.matcher.is_terminated() else None
+
     def _finish(self, req: Req, reason: str) -> TokenOutput:
         """End req without a new token; the returned output tells the client."""
         out = self._output(req, None)
@@ -251,7 +288,9 @@ class Scheduler:
             num_running=len(self.running), num_waiting=len(self.prefill.waiting),
             kv_used_pages=used, kv_total_pages=total, prefix_hit_tokens_total=self._hit_tokens,
             prefix_query_tokens_total=self._query_tokens, last_step_time=self.last_step_time,
-            has_work=self.has_work, extra={"preemptions_total": self.decode.num_preemptions},
+            has_work=self.has_work,
+            extra={"preemptions_total": self.decode.num_preemptions,
+                   **(self._grammar.stats() if self._grammar is not None else {})},
         )
 
     def shutdown(self) -> None:

@@ -19,6 +19,7 @@ import orjson
 
 from minisgl.errors import ContextTooLong, InvalidRequest
 from minisgl.sampling_params import SamplingParams
+from minisgl.server.constraints import logit_bias, request_grammar
 from minisgl.server.generation import GenerationRun
 from minisgl.server.logprobs import LogprobFormatter
 from minisgl.server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
@@ -47,6 +48,7 @@ def sampling_params(req: _SamplingFields, max_tokens: int, logprobs: int | None,
         n=req.n, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
         skip_special_tokens=req.skip_special_tokens,
         include_stop_str_in_output=req.include_stop_str_in_output,
+        grammar=request_grammar(req), logit_bias=logit_bias(req),
     )
     return params.validate()
 

@@ -44,6 +44,32 @@ class StreamOptions(_Request):
     continuous_usage_stats: Bool = False
 
 
+class JsonSchemaFormat(_Request):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: Bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Request):
+    """vLLM's `structured_outputs` object (one of its constraints)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    json_: dict | StrictStr | None = Field(default=None, alias="json")
+    regex: StrictStr | None = None
+    choice: list[StrictStr] | None = None
+    grammar: StrictStr | None = None
+    json_object: Bool | None = None
+
+
 class _SamplingFields(_Request):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -67,6 +93,14 @@ class _SamplingFields(_Request):
     skip_special_tokens: Bool = True
     include_stop_str_in_output: Bool = False
     user: StrictStr | None = None
+    logit_bias: dict[StrictStr, Float] | None = None
+    # structured output (see server/constraints.py): OpenAI's, then vLLM's spellings
+    response_format: ResponseFormat | None = None
+    guided_json: dict | StrictStr | None = None
+    guided_regex: StrictStr | None = None
+    guided_choice: list[StrictStr] | None = None
+    guided_grammar: StrictStr | None = None
+    structured_outputs: StructuredOutputs | None = None
 
 
 PromptType = Union[StrictStr, list[StrictStr], list[Int], list[list[Int]]]
@@ -147,14 +181,11 @@ def unknown_fields(req: BaseModel) -> list[str]:
 
 # field -> its values that change nothing (None always does)
 _OUTPUT_CHANGING: dict[str, tuple] = {
-    "response_format": ({"type": "text"},),
     "tools": ([],),
     "tool_choice": ("none", "auto"),  # "auto" without tools is no tool call either
     "functions": ([],),
     "function_call": ("none", "auto"),
-    "logit_bias": ({},),
-    "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
-    "structured_outputs": (), "suffix": ("",), "prediction": (),
+    "suffix": ("",), "prediction": (),
 }
 
 

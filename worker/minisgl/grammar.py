@@ -1,0 +1,180 @@
+"""Structured output: a request's grammar (JSON schema, JSON object, regex, choice, EBNF),
+checked here, compiled with xgrammar in the scheduler, applied as a token bitmask in the sampler.
+
+A grammar travels as `SamplingParams.grammar = (kind, source)`, two strings msgpack carries:
+
+    ("json", "<JSON schema text>")   ("json", "")  = any JSON object (OpenAI's json_object)
+    ("regex", "<pattern>")           ("choice", '["a", "b"]')   ("ebnf", "<GBNF grammar>")
+
+`check_grammar` (the API and `LLM`) checks the shape; `GrammarBackend` (one per scheduler
+rank) compiles and caches. Two things xgrammar 0.2.9 gets wrong for JSON are fixed here:
+length-bounded strings (`maxLength`, `minLength`, the `items` of bounded arrays) are compiled
+to `[^"\\\r\n]`, which lets raw control characters through (a byte-level tokenizer has a
+token for each), so `json.loads` rejects the output: we narrow that class to JSON's own
+`[^\0-\x1f"\\]`. And whitespace is fixed (`, ` and `: `, `any_whitespace=False`), so a random
+model cannot spend its token budget on spaces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Sequence
+
+from minisgl.errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("json", "regex", "choice", "ebnf")
+MAX_SOURCE_CHARS = 256 * 1024  # a grammar larger than this is refused before compiling
+MAX_CHOICES = 1024
+_CACHE_ENTRIES = 256
+
+# xgrammar's class for a length-bounded JSON string character, and what JSON allows.
+_LOOSE_STRING_CHAR = r'[^\"\\\r\n]'
+_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+
+
+def check_grammar(grammar: Sequence[str] | None, param: str = "response_format") -> tuple[str, str] | None:
+    """Shape check of a (kind, source) pair; returns it as a tuple. Raises InvalidRequest."""
+    if grammar is None:
+        return None
+    if len(grammar) != 2 or not all(isinstance(x, str) for x in grammar):
+        raise InvalidRequest("a grammar is a (kind, source) pair of strings", param=param)
+    kind, source = grammar
+    if kind not in KINDS:
+        raise InvalidRequest(f"unknown grammar kind {kind!r}; one of {', '.join(KINDS)}", param)
+    if len(source) > MAX_SOURCE_CHARS:
+        raise InvalidRequest(f"the {kind} grammar is longer than {MAX_SOURCE_CHARS} characters", param)
+    if kind == "json" and source:
+        try:
+            schema = json.loads(source)
+        except ValueError as e:
+            raise InvalidRequest(f"the JSON schema is not valid JSON: {e}", param) from e
+        if not isinstance(schema, (dict, bool)):
+            raise InvalidRequest("a JSON schema must be an object", param)
+    elif kind == "choice":
+        try:
+            choices = json.loads(source)
+        except ValueError as e:
+            raise InvalidRequest(f"the choices are not a JSON list: {e}", param) from e
+        if (not isinstance(choices, list) or not choices or len(choices) > MAX_CHOICES
+                or not all(isinstance(c, str) and c for c in choices)):
+            raise InvalidRequest(f"choices must be 1 to {MAX_CHOICES} non-empty strings", param)
+    elif not source:
+        raise InvalidRequest(f"the {kind} grammar is empty", param)
+    return (kind, source)
+
+
+def json_grammar(schema: dict | bool | str | None) -> tuple[str, str]:
+    """The grammar for a JSON schema (None: any JSON object)."""
+    if schema is None:
+        return ("json", "")
+    return ("json", schema if isinstance(schema, str) else json.dumps(schema))
+
+
+def choice_grammar(choices: Sequence[str]) -> tuple[str, str]:
+    return ("choice", json.dumps(list(choices)))
+
+
+def build_grammar(kind: str, source: str) -> Any:
+    """The xgrammar.Grammar of a checked (kind, source); raises InvalidRequest if xgrammar
+    cannot parse it (an unsupported schema keyword, a bad regex, a GBNF syntax error)."""
+    import xgrammar as xgr
+
+    try:
+        if kind == "json":
+            schema = source or '{"type": "object"}'
+            grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True)
+            ebnf = str(grammar)
+            if _LOOSE_STRING_CHAR in ebnf:
+                grammar = xgr.Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR))
+            return grammar
+        if kind == "regex":
+            return xgr.Grammar.from_regex(source)
+        if kind == "choice":
+            # GBNF string literals take JSON's escapes.
+            alternatives = " | ".join(json.dumps(c, ensure_ascii=False) for c in json.loads(source))
+            return xgr.Grammar.from_ebnf(f"root ::= {alternatives}")
+        return xgr.Grammar.from_ebnf(source)
+    except Exception as e:  # xgrammar raises RuntimeError / ValueError with its parser message
+        name = {"json": "JSON schema", "regex": "regex", "choice": "choice list",
+                "ebnf": "grammar"}[kind]
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidRequest(f"cannot compile the {name}: {message}", param="response_format") from e
+
+
+class GrammarBackend:
+    """Compiles grammars for one tokenizer (cached) and fills token bitmasks for a batch.
+
+    Built lazily by the scheduler on its first constrained request: xgrammar's tokenizer
+    info for a 150k vocabulary takes a second, which unconstrained serving never pays.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self.vocab_size = vocab_size
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids))
+        self.compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
+        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.compile_seconds_total = 0.0
+        self.compiles_total = 0
+        self.cache_hits_total = 0
+
+    def compile(self, grammar: tuple[str, str]) -> Any:
+        """The CompiledGrammar of (kind, source): from the cache, or compiled now."""
+        with self._lock:
+            compiled = self._cache.get(grammar)
+            if compiled is not None:
+                self._cache.move_to_end(grammar)
+                self.cache_hits_total += 1
+                return compiled
+        start = time.perf_counter()
+        compiled = self.compiler.compile_grammar(build_grammar(*grammar))
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            self.compile_seconds_total += elapsed
+            self.compiles_total += 1
+            self._cache[grammar] = compiled
+            while len(self._cache) > _CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        logger.debug("compiled a %s grammar in %.1f ms", grammar[0], elapsed * 1e3)
+        return compiled
+
+    def matcher(self, grammar: tuple[str, str]) -> Any:
+        """A fresh matcher (one per choice) at the grammar's start."""
+        return self._xgr.GrammarMatcher(self.compile(grammar))
+
+    def fill(self, matchers: Sequence[Any]) -> tuple[Any, list[int]]:
+        """Bitmask [len(matchers), ceil(V / 32)] int32 on the host (row i from matcher i; rows
+        whose matcher is None allow everything) and the constrained rows."""
+        bitmask = self._xgr.allocate_token_bitmask(len(matchers), self.vocab_size)
+        rows = [i for i, m in enumerate(matchers) if m is not None]
+        for i in rows:
+            matchers[i].fill_next_token_bitmask(bitmask, i)
+        return bitmask, rows
+
+    def stats(self) -> dict[str, float]:
+        return {"grammar_compile_seconds_total": self.compile_seconds_total,
+                "grammar_compiles_total": self.compiles_total,
+                "grammar_cache_hits_total": self.cache_hits_total}
+
+
+def apply_bitmask(logits: Any, bitmask: Any, rows: Sequence[int]) -> Any:
+    """logits [B, V] float32 with rows `rows` masked by the same rows of bitmask [B, W] (a new
+    tensor: the raw logits stay as they are, for logprobs)."""
+    import xgrammar as xgr
+
+    from minisgl.engine.batch import upload
+
+    out = logits.clone()
+    bitmask = upload(bitmask, logits.device)
+    xgr.apply_token_bitmask_inplace(out, bitmask, vocab_size=logits.shape[1], indices=list(rows))
+    return out
