@@ -63,10 +63,16 @@ CORPUS = {
 CASES = [(name, text) for name, texts in CORPUS.items() for text in texts]
 
 
+def make_parser(name: str, **kw):
+    if name.startswith("forced"):
+        return ForcedParser(single=name == "forced_single", **kw)
+    return create_tool_parser(name, **kw)
+
+
 def streamed(name: str, pieces: list[str], **kw):
     """Drive the streaming parser like the server does and rebuild the message the client sees
     from the deltas (as the openai SDK accumulates them), checking their shape on the way."""
-    parser = create_tool_parser(name, **kw)
+    parser = make_parser(name, **kw)
     events = [e for p in pieces for e in parser.feed(p)] + parser.finish()
     content, calls = [], []
     for event in events:
@@ -88,7 +94,7 @@ def streamed(name: str, pieces: list[str], **kw):
 
 
 def whole(name: str, text: str, **kw):
-    result = parse_tool_calls(name, text, **kw)
+    result = make_parser(name, **kw).parse(text)
     return result.content, [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.calls]
 
 
@@ -116,6 +122,25 @@ def test_streamed_deltas_rebuild_the_whole_parse_for_every_chunking(name, text):
         assert without_ids(streamed(name, random_splits(text, rng))) == expected
     for cut in range(len(text) + 1):  # every split into two deltas
         assert without_ids(streamed(name, [text[:cut], text[cut:]])) == expected
+
+
+FRAGMENTS = ["<tool_call>", "</tool_call>", "<tool_", "</tool", "\n", " ", "{", "}", "[", "]", '"',
+             "\\", ";", ",", ":", "x", "é🙂", '"name"', '{"name": "f", "arguments": {"a": 1}}',
+             '{"name": "g", "parameters": {}}', '[{"name": "h", "arguments": {}}]', "NaN",
+             "[TOOL_CALLS]", "<|python_tag|>", "<|python"]
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3_json", "mistral", "forced", "forced_single"])
+def test_random_markup_soup_parses_the_same_streamed_and_whole(name):
+    """Texts glued from markup, JSON and separators: the streamed result equals the whole
+    parse, and a text without calls comes back unchanged."""
+    rng = random.Random(name)
+    for _ in range(300):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 12)))
+        expected = without_ids(whole(name, text, names={"f", "g", "h"}))
+        assert without_ids(streamed(name, random_splits(text, rng), names={"f", "g", "h"})) == expected
+        if not expected[1] and not name.startswith("forced"):
+            assert expected[0] == text
 
 
 @pytest.mark.parametrize("name,text", CASES)
@@ -210,6 +235,8 @@ def test_default_parser_from_chat_template():
     assert default_parser_for_template(llama) == "llama3_json"
     assert default_parser_for_template(llama32) == "llama3_json"
     assert default_parser_for_template("{{ '[TOOL_CALLS]' }}") == "mistral"
+    # A template that only lists the tools' schemas implies no call format.
+    assert default_parser_for_template("{{ tool['function']['parameters'] | tojson }}") is None
     from tests.helpers.tiny_model import CHAT_TEMPLATE
     assert default_parser_for_template(CHAT_TEMPLATE) is None
     assert default_parser_for_template(None) is None

@@ -16,7 +16,6 @@ less a tail that could still become markup and trailing whitespace (dropped next
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import string
 from dataclasses import dataclass
@@ -386,7 +385,7 @@ def default_parser_for_template(template: str | None) -> str | None:
         return None
     if "<tool_call>" in template:
         return "hermes"
-    if "<|python_tag|>" in template or re.search(r"[\"']parameters[\"']", template):
+    if "<|python_tag|>" in template or '"parameters":' in template:  # Llama 3.1 / 3.2 wording
         return "llama3_json"
     if "[TOOL_CALLS]" in template:
         return "mistral"
