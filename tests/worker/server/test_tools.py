@@ -297,7 +297,10 @@ def test_tool_choice_resolution():
     assert auto.schema() is None
     assert plan_tools(TOOLS, "none").parser("hermes") is None  # tools reach the template, no parsing
     parser = auto.parser("hermes")
-    assert [c.name for c in parser.parse(HERMES_TWO).calls] == ["get_weather", "now"]
+    calls = parser.parse(HERMES_TWO).calls
+    assert [c.name for c in calls] == ["get_weather", "now"]
+    assert calls[0].to_openai() == {"id": calls[0].id, "type": "function", "function": {
+        "name": "get_weather", "arguments": calls[0].arguments}}
     single = plan_tools(TOOLS, "auto", parallel_tool_calls=False).parser("hermes")
     assert [c.name for c in single.parse(HERMES_TWO).calls] == ["get_weather"]
     with pytest.raises(InvalidRequest, match="--tool-call-parser"):

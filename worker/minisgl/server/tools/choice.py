@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 
 from minisgl.errors import InvalidRequest
-from minisgl.server.tools.parsers import PARSERS, ToolParser, _JsonScan, _ws_end, create_tool_parser, load_call
+from minisgl.server.tools.base import ToolParser, _JsonScan, _ws_end, load_call
+from minisgl.server.tools.parsers import PARSERS, create_tool_parser
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_TOOLS = 128  # OpenAI's limit; also bounds the grammar a forced call compiles to
@@ -76,7 +77,8 @@ def validate_tools(tools) -> list[dict]:
     if not isinstance(tools, list):
         raise InvalidRequest("tools must be an array of tool objects", param="tools")
     if len(tools) > MAX_TOOLS:
-        raise InvalidRequest(f"at most {MAX_TOOLS} tools per request, got {len(tools)}", param="tools")
+        raise InvalidRequest(f"at most {MAX_TOOLS} tools per request, got {len(tools)}",
+                             param="tools")
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
@@ -119,11 +121,13 @@ def _check_parameters(params, where: str) -> None:
     props = params.get("properties")
     if props is not None and (not isinstance(props, dict)
                               or not all(isinstance(v, (dict, bool)) for v in props.values())):
-        raise InvalidRequest(f"{where}.properties must map names to schemas", param=f"{where}.properties")
+        raise InvalidRequest(f"{where}.properties must map names to schemas",
+                             param=f"{where}.properties")
     required = params.get("required")
     if required is not None and (not isinstance(required, list)
                                  or not all(isinstance(r, str) for r in required)):
-        raise InvalidRequest(f"{where}.required must be an array of strings", param=f"{where}.required")
+        raise InvalidRequest(f"{where}.required must be an array of strings",
+                             param=f"{where}.required")
 
 
 def _resolve_choice(tool_choice, tools: list[dict]) -> tuple[str, str | None]:
@@ -146,7 +150,8 @@ def _resolve_choice(tool_choice, tools: list[dict]) -> tuple[str, str | None]:
                                  param="tool_choice.function.name")
         return "function", name
     raise InvalidRequest("tool_choice must be 'none', 'auto', 'required' or "
-                         "{\"type\": \"function\", \"function\": {\"name\": ...}}", param="tool_choice")
+                         "{\"type\": \"function\", \"function\": {\"name\": ...}}",
+                         param="tool_choice")
 
 
 def _call_schema(tool: dict) -> dict:

@@ -20,11 +20,14 @@ def _text(content, where: str):
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InvalidRequest(f"{where}.content[{j}] must be a text part", param=f"{where}.content")
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise InvalidRequest(f"{where}.content[{j}] must be a text part",
+                                     param=f"{where}.content")
             parts.append(part["text"])
         return "".join(parts)
-    raise InvalidRequest(f"{where}.content must be a string or text parts", param=f"{where}.content")
+    raise InvalidRequest(f"{where}.content must be a string or text parts",
+                         param=f"{where}.content")
 
 
 def _call(call, where: str) -> dict:
@@ -34,7 +37,8 @@ def _call(call, where: str) -> dict:
         raise InvalidRequest(f"{where}.type must be 'function'", param=f"{where}.type")
     fn = call["function"]
     if not isinstance(fn.get("name"), str):
-        raise InvalidRequest(f"{where}.function.name must be a string", param=f"{where}.function.name")
+        raise InvalidRequest(f"{where}.function.name must be a string",
+                             param=f"{where}.function.name")
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
@@ -69,7 +73,8 @@ def normalize_messages(messages: list) -> list[dict]:
                 raise InvalidRequest(f"{where}: only assistant messages carry tool_calls",
                                      param=f"{where}.tool_calls")
             if not isinstance(calls, list):
-                raise InvalidRequest(f"{where}.tool_calls must be an array", param=f"{where}.tool_calls")
+                raise InvalidRequest(f"{where}.tool_calls must be an array",
+                                     param=f"{where}.tool_calls")
             msg["tool_calls"] = [_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]
             for c in msg["tool_calls"]:
                 if "id" in c:
