@@ -184,6 +184,7 @@ class ToolParser(ABC):
 
     def _run(self, final: bool) -> list[dict]:
         events: list[dict] = []
+        idle = 0
         while self._buf:
             step = self._next(self._buf, final)
             if step is None:
@@ -192,6 +193,9 @@ class ToolParser(ABC):
             if used:
                 self._buf = self._buf[used:]
                 self._scan = None
+            idle = 0 if used or pieces else idle + 1
+            if idle > 1:  # (0, []) twice: a parser bug that would spin forever
+                raise RuntimeError(f"{type(self).__name__} made no progress")
             for piece in pieces:  # (0, []) means the state changed: decide again
                 events += self._emit(piece)
         return events

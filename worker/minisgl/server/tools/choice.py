@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from minisgl.errors import InvalidRequest
-from minisgl.server.tools.base import ToolParser, _JsonScan, _ws_end, load_call
+from minisgl.server.tools.base import ToolCall, ToolParser, _JsonScan, _ws_end, load_call
 from minisgl.server.tools.parsers import PARSERS, create_tool_parser
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -222,6 +222,6 @@ class ForcedParser(ToolParser):
         return lead, []
 
 
-def parse_forced(text: str, single: bool, names=None) -> list:
+def parse_forced(text: str, single: bool, names=None) -> list[ToolCall]:
     """The calls in a forced output (see ForcedParser); output that is not a call is ignored."""
     return ForcedParser(single, names).parse(text).calls

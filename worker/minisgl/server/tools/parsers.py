@@ -88,7 +88,7 @@ class Llama3JsonParser(ToolParser):
             if not final and (not rest or (self.TAG.startswith(rest) and rest != self.TAG)):
                 return None
             q = _ws_end(buf, lead + len(self.TAG)) if rest.startswith(self.TAG) else lead
-            return self._object(buf, q, final, first=True)
+            return self._object(buf, q, final)
         # after a call: whitespace is dropped; ";" (or nothing) then another object continues
         if lead == len(buf):
             return (lead, []) if lead or final else None
@@ -96,9 +96,9 @@ class Llama3JsonParser(ToolParser):
         q = _ws_end(buf, q)
         if q == len(buf):
             return (len(buf), []) if final else None  # a trailing ";" is not content
-        return self._object(buf, q, final, first=False, text_from=lead)
+        return self._object(buf, q, final, text_from=lead)
 
-    def _object(self, buf: str, q: int, final: bool, first: bool, text_from: int = 0):
+    def _object(self, buf: str, q: int, final: bool, text_from: int = 0):
         if q == len(buf) and not final:
             return None
         if q < len(buf) and buf[q] == "{":
@@ -110,7 +110,7 @@ class Llama3JsonParser(ToolParser):
                 if call is not None:
                     self._state = "after_call"
                     return end, [call]
-        self._state = "content"  # the first object is not a call: the whole text is content
+        self._state = "content"  # not a call: from here (the whole text if first) it is text
         return text_from, []
 
 
