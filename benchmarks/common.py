@@ -172,7 +172,12 @@ def engine_record(args: argparse.Namespace) -> dict:
     """The engine options a result was measured with."""
     keys = ("dtype", "attention_backend", "cuda_graph_max_bs", "page_size", "max_running_requests",
             "memory_ratio", "disable_overlap")
-    return {k: getattr(args, k) for k in keys}
+    rec = {k: getattr(args, k) for k in keys}
+    import os
+
+    if os.environ.get("MINISGL_FI_DECODE_TC_MIN_BS"):  # the decode-kernel ablation knob
+        rec["env"] = {"MINISGL_FI_DECODE_TC_MIN_BS": os.environ["MINISGL_FI_DECODE_TC_MIN_BS"]}
+    return rec
 
 
 def sync(device: str) -> None:

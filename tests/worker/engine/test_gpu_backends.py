@@ -135,3 +135,60 @@ def test_overlap_scheduling_gives_the_sync_loop_tokens(gpu_model):
         assert_no_leak(llm.scheduler)
     assert [len(t) for t in runs[True]] == [p.max_tokens for p in params]
     assert runs[True] == runs[False]
+
+
+@pytest.fixture(scope="module")
+def gqa4_model(tmp_path_factory) -> str:
+    """4 query heads per KV head (Llama-3-8B's grouping): the tensor-core decode kernel's case."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("gpu") / "gqa4", "llama", hidden_size=512,
+                                num_attention_heads=8, num_key_value_heads=2, head_dim=128,
+                                max_position_embeddings=2048))
+
+
+@pytest.fixture(scope="module")
+def gqa4_references(gqa4_model):
+    """Teacher-forced logprobs from the torch backend: float32 (the reference) and bfloat16
+    (what bf16 itself costs), as functions of full sequences."""
+    llms = {d: LLM(gqa4_model, device="cuda", dtype=d, num_pages=8192, attention_backend="torch")
+            for d in ("float32", "bfloat16")}
+    p = SamplingParams(max_tokens=0, prompt_logprobs=True)
+
+    def score(dtype: str, seqs: list[list[int]]) -> list[list[float]]:
+        return [o.prompt_logprobs for o in llms[dtype].generate(seqs, p)]
+    return score
+
+
+@pytest.mark.parametrize("tc_min_bs", ["1", "9", "1000000"])
+def test_decode_kernels_match_float32_reference(gqa4_model, gqa4_references, monkeypatch,
+                                                tc_min_bs):
+    """FlashInfer's CUDA-core and tensor-core decode kernels, chosen by batch size
+    ($MINISGL_FI_DECODE_TC_MIN_BS: always tensor cores, from 9 rows, never), inside CUDA
+    graphs (up to 8 rows) and eager past them: each decoded token's logprob is as close to
+    the float32 torch backend's (teacher-forced on the same tokens) as bf16 itself allows."""
+    from minisgl.attention.flashinfer_backend import DECODE_TC_ENV
+
+    prompts = _prompts(20, seed=11)  # rows end one step apart: batches of 20 down to 1
+    params = [SamplingParams(max_tokens=6 + i, temperature=0.0, ignore_eos=True, logprobs=0)
+              for i in range(20)]
+    monkeypatch.setenv(DECODE_TC_ENV, tc_min_bs)
+    backend = "fa3,fi" if torch.cuda.get_device_capability()[0] >= 9 else "fi"
+    llm = LLM(gqa4_model, device="cuda", dtype="bfloat16", num_pages=8192, attention_backend=backend,
+              cuda_graph_max_bs=8)  # eager decode past 8 rows, graphs below
+    assert llm.scheduler.engine.attn.tc_min_bs == int(tc_min_bs)
+    outs = llm.generate(prompts, params)
+    seqs = [pr + o.token_ids for pr, o in zip(prompts, outs)]
+    ref, bf16 = gqa4_references("float32", seqs), gqa4_references("bfloat16", seqs)
+    got, want, base = [], [], []
+    for pr, o, r, b in zip(prompts, outs, ref, bf16):
+        n = len(o.token_ids)
+        lps = o.outputs[0].logprobs
+        assert len(lps) == n
+        got += lps[1:]  # token 0 comes from the prefill; 1.. from decode steps
+        want += r[len(pr) + 1 : len(pr) + n]
+        base += b[len(pr) + 1 : len(pr) + n]
+    got, want, base = (torch.tensor(x, dtype=torch.float64) for x in (got, want, base))
+    err, base_err = (got - want).abs(), (base - want).abs()
+    detail = (f"decode vs float32: mean {err.mean():.4f} max {err.max():.3f}; torch bf16 vs "
+              f"float32: mean {base_err.mean():.4f} max {base_err.max():.3f}")
+    assert err.mean() <= 2.0 * base_err.mean() + 0.02, detail
+    assert err.max() <= 2.0 * base_err.max() + 0.5, detail

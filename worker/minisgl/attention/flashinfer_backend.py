@@ -10,6 +10,7 @@ The KV storage's per-layer [num_slots, Hkv, D] buffers are viewed as
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,33 @@ from minisgl.engine.batch import upload
 from minisgl.engine.state import kv_indices
 
 WORKSPACE_BYTES = 256 << 20
+# Which FlashInfer decode kernel a decode batch of B rows runs (backends with a decode
+# wrapper: fi, fa3,fi): the tensor-core kernel (the prefill kernel with a KV head's query
+# heads packed into one query tile) when the GQA group is >= 4 and B >= the threshold, else
+# the CUDA-core decode kernel. $MINISGL_FI_DECODE_TC_MIN_BS overrides the threshold (an
+# ablation knob: 1 = always, a number past the largest batch = never).
+DECODE_TC_ENV = "MINISGL_FI_DECODE_TC_MIN_BS"
+DECODE_TC_MIN_BS = 1
+_CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)  # the CUDA-core decode kernel dispatches only these
+
+
+def decode_tc_min_bs(num_heads: int, num_kv_heads: int) -> int:
+    """The smallest decode batch that runs the tensor-core kernel (a huge number: never)."""
+    group = num_heads // num_kv_heads
+    if group not in _CUDA_CORE_GROUPS:
+        return 1
+    if group < 4:
+        return 1 << 30
+    raw = os.environ.get(DECODE_TC_ENV, "").strip()
+    if not raw:
+        return DECODE_TC_MIN_BS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${DECODE_TC_ENV} must be a batch size >= 1, got {raw!r}")
+    return value
 
 
 @dataclass
@@ -61,7 +89,8 @@ class FlashInferBackend(AttentionBackend):
         self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
             self.workspace, "NHD", backend=prefill_backend)
         self.decode_with_prefill_kernel = decode_with_prefill_kernel
-        self.decode = None if decode_with_prefill_kernel else self._decode_wrapper()
+        self.tc_min_bs = decode_tc_min_bs(num_heads, num_kv_heads)
+        self.decode = None if decode_with_prefill_kernel else {}  # tensor cores? -> wrapper
         self.active = None  # wrapper planned for the current step
         self.device = device
         self._graph_indices: torch.Tensor | None = None
@@ -71,10 +100,16 @@ class FlashInferBackend(AttentionBackend):
         self._planned = torch.cuda.Event()
         self._planned.record()
 
-    def _decode_wrapper(self, **graph_options):
-        gqa = self.num_heads // self.num_kv_heads
+    def _decode_wrapper(self, tensor_cores: bool, **graph_options):
         return self.flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            self.workspace, "NHD", use_tensor_cores=gqa >= 4, **graph_options)
+            self.workspace, "NHD", use_tensor_cores=tensor_cores, **graph_options)
+
+    def _decode_for(self, bs: int):
+        """The eager decode wrapper for a batch of bs rows (each kind made on first use)."""
+        tc = bs >= self.tc_min_bs
+        if tc not in self.decode:
+            self.decode[tc] = self._decode_wrapper(tc)
+        return self.decode[tc]
 
     def _plan(self, wrapper, table: PageTable, decode: bool) -> None:
         dtype = self.kv.k.dtype
@@ -92,7 +127,7 @@ class FlashInferBackend(AttentionBackend):
     def prepare(self, batch) -> None:
         table = build_page_table(batch, self.page_size, self.device)
         decode = batch.phase == "decode"
-        wrapper = self.decode if decode and self.decode is not None else self.prefill
+        wrapper = self._decode_for(batch.size) if decode and self.decode is not None else self.prefill
         self._plan(wrapper, table, decode)
         self.active = wrapper
 
@@ -120,7 +155,7 @@ class FlashInferBackend(AttentionBackend):
                 paged_kv_indices_buf=buffers["paged_kv_indices_buffer"],
                 paged_kv_last_page_len_buf=buffers["paged_kv_last_page_len_buffer"],
                 backend=self.prefill_backend)
-        return self._decode_wrapper(use_cuda_graph=True, **buffers)
+        return self._decode_wrapper(bs >= self.tc_min_bs, use_cuda_graph=True, **buffers)
 
     def use_graph_wrapper(self, wrapper, batch) -> None:
         self._plan(wrapper, build_page_table(batch, self.page_size, self.device), decode=True)
