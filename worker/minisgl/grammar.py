@@ -11,8 +11,10 @@ rank) compiles and caches. Two things xgrammar 0.2.9 gets wrong for JSON are fix
 length-bounded strings (`maxLength`, `minLength`, the `items` of bounded arrays) are compiled
 to `[^"\\\r\n]`, which lets raw control characters through (a byte-level tokenizer has a
 token for each), so `json.loads` rejects the output: we narrow that class to JSON's own
-`[^\0-\x1f"\\]`. And whitespace is fixed (`, ` and `: `, `any_whitespace=False`), so a random
-model cannot spend its token budget on spaces.
+`[^\0-\x1f"\\]`. And output cannot run on until `max_tokens`: whitespace is fixed (`, ` and
+`: `, `any_whitespace=False`), and an unbounded number has at most 16 integer digits, 16
+fraction digits and a 3-digit exponent (float64 carries 17 significant digits; bigger
+integers do not survive most JSON parsers anyway).
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ MAX_SOURCE_CHARS = 256 * 1024  # a grammar larger than this is refused before co
 MAX_CHOICES = 1024
 _CACHE_ENTRIES = 256
 
-# xgrammar's class for a length-bounded JSON string character, and what JSON allows.
-_LOOSE_STRING_CHAR = r'[^\"\\\r\n]'
-_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+# What xgrammar 0.2.9 writes for JSON -> what we compile instead (see the module docstring).
+_JSON_FIXES = (
+    (r'[^\"\\\r\n]', r'[^\0-\x1f\"\\]'),  # a length-bounded string's character
+    ("[1-9] [0-9]*", "[1-9] [0-9]{0,15}"),  # the integer part of an unbounded number
+    ("[eE] basic_number_4 basic_number_digits{1, -1}", "[eE] basic_number_4 basic_number_digits{1, 3}"),
+    ('"." basic_number_digits{1, -1}', '"." basic_number_digits{1, 16}'),
+)
 
 
 def check_grammar(grammar: Sequence[str] | None, param: str = "response_format") -> tuple[str, str] | None:
@@ -49,12 +55,12 @@ def check_grammar(grammar: Sequence[str] | None, param: str = "response_format")
         raise InvalidRequest(f"unknown grammar kind {kind!r}; one of {', '.join(KINDS)}", param)
     if len(source) > MAX_SOURCE_CHARS:
         raise InvalidRequest(f"the {kind} grammar is longer than {MAX_SOURCE_CHARS} characters", param)
-    if kind == "json" and source:
+    if kind == "json":  # "" = any JSON object
         try:
-            schema = json.loads(source)
+            schema = json.loads(source) if source else {}
         except ValueError as e:
             raise InvalidRequest(f"the JSON schema is not valid JSON: {e}", param) from e
-        if not isinstance(schema, (dict, bool)):
+        if not isinstance(schema, dict):
             raise InvalidRequest("a JSON schema must be an object", param)
     elif kind == "choice":
         try:
@@ -89,10 +95,10 @@ def build_grammar(kind: str, source: str) -> Any:
         if kind == "json":
             schema = source or '{"type": "object"}'
             grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True)
-            ebnf = str(grammar)
-            if _LOOSE_STRING_CHAR in ebnf:
-                grammar = xgr.Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR))
-            return grammar
+            ebnf = fixed = str(grammar)
+            for loose, tight in _JSON_FIXES:
+                fixed = fixed.replace(loose, tight)
+            return grammar if fixed == ebnf else xgr.Grammar.from_ebnf(fixed)
         if kind == "regex":
             return xgr.Grammar.from_regex(source)
         if kind == "choice":
