@@ -48,9 +48,10 @@ def _api_message(e: ApiException) -> str:
 
 
 def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[[StatusUpdate], None],
-                       default_image: str | None = None) -> None:
-    """Reconcile one MiniSGLDeployment and publish its status. Raises kopf.TemporaryError (retry
-    after its delay) or kopf.PermanentError (wait for the next change) after publishing why."""
+                       default_image: str | None = None) -> StatusUpdate:
+    """Reconcile one MiniSGLDeployment and publish its status (returned too). Raises
+    kopf.TemporaryError (retry after its delay) or kopf.PermanentError (wait for the next
+    change) after publishing why."""
     meta = body["metadata"]
     status = dict(body.get("status") or {})
     generation = int(meta.get("generation") or 0)
@@ -79,6 +80,7 @@ def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[
             fail("Forbidden", f"the operator may not do this: {_api_message(e)}")
         raise kopf.TemporaryError(f"API error {e.status} {e.reason}; retrying", delay=RETRY_DELAY_SECONDS) from e
     publish(update)
+    return update
 
 
 class Controller:
@@ -166,7 +168,9 @@ class Controller:
 
         try:
             with self.metrics.reconciling():
-                reconcile_resource(body, self.reconciler, publish, self.default_image)
+                update = reconcile_resource(body, self.reconciler, publish, self.default_image)
+            if update.recheck_seconds:
+                self.queue.add(key, update.recheck_seconds)
         except kopf.TemporaryError as e:
             logger.warning("%s/%s: %s", *key, e)
             self.queue.add(key, e.delay or RETRY_DELAY_SECONDS)

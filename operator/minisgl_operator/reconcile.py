@@ -23,6 +23,7 @@ from minisgl_operator.kube import Kube, object_path
 from minisgl_operator.ownership import (TEMPLATE_HASH_ANNOTATION, ObjectInTheWay, applied_hash, describe_owner,
                                         digest, owned_by, stamp)
 from minisgl_operator.pod import selector_labels
+from minisgl_operator.probe import RECHECK_SECONDS, PhaseProber, starting
 from minisgl_operator.rollout import IN_PLACE, RolloutPlan, SURGE, free_gpus_per_node, plan_rollout
 from minisgl_operator.spec import WorkerSpec
 from minisgl_operator.status import StatusUpdate, compute_status
@@ -69,10 +70,12 @@ class Options:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, store: Store, options: Options | None = None) -> None:
+    def __init__(self, kube: Kube, store: Store, options: Options | None = None,
+                 prober: PhaseProber | None = None) -> None:
         self.kube = kube
         self.store = store
         self.options = options or Options()
+        self.prober = prober or PhaseProber()
 
     # -- the GPU-aware rollout: only consulted while a rollout is pending ------------------------
     def rollout_plan(self, owner: Owner, spec: WorkerSpec, current: Mapping | None, template_hash: str) -> RolloutPlan:
@@ -199,6 +202,7 @@ class Reconciler:
             deployment = None
         pods = self.worker_pods(owner)
         events = self.store.pod_events(owner.namespace, [p["metadata"]["name"] for p in pods])
+        startup_phases = self.prober.phases(pods)
         update = compute_status(
             generation=generation,
             desired_replicas=spec.replicas,
@@ -211,7 +215,10 @@ class Reconciler:
             now=utc_now(),
             pod_events=events,
             download=applied.download,
+            startup_phases=startup_phases,
         )
+        if any(starting(p) for p in pods):  # no watch event says "now warming": look again
+            update = update._replace(recheck_seconds=RECHECK_SECONDS)
         ttr = measured_time_to_ready(pods) or (previous or {}).get("timeToReadySeconds")
         if ttr:
             update.status["timeToReadySeconds"] = ttr

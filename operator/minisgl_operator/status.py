@@ -15,7 +15,10 @@ IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 # Warning events on a pod (kubelet, attach-detach controller) that say why it never starts.
 VOLUME_EVENT_REASONS = ("FailedAttachVolume", "FailedMount")
-PHASES = ("Pending", "Downloading", "Progressing", "Ready", "Degraded", "Failed")
+PHASES = ("Pending", "Downloading", "Loading", "Warming", "Progressing", "Ready", "Degraded", "Failed")
+# A worker's own start-up phase (its /health) -> the resource's phase while no pod is Ready yet.
+STARTUP_PHASES = {"loading": ("Loading", "loading the model weights"),
+                  "warming": ("Warming", "warming up (JIT compile, CUDA graphs)")}
 
 
 class Problem(NamedTuple):
@@ -32,6 +35,7 @@ class Event(NamedTuple):
 class StatusUpdate(NamedTuple):
     status: dict
     events: list[Event]
+    recheck_seconds: float | None = None  # reconcile again after this long (pods still starting)
 
 
 def _started(pod: Mapping) -> bool:
@@ -93,6 +97,13 @@ def replica_failure(deployment: Mapping | None) -> Problem | None:
     return Problem("ReplicaFailure", message)
 
 
+def _least_advanced(phases: Mapping[str, str]) -> tuple[str, str] | None:
+    """(pod, phase) of the pod furthest from ready: loading before warming, then by name."""
+    order = list(STARTUP_PHASES)
+    known = sorted((order.index(ph), pod) for pod, ph in phases.items() if ph in STARTUP_PHASES)
+    return (known[0][1], order[known[0][0]]) if known else None
+
+
 def _deployment_condition(deployment: Mapping | None, ctype: str) -> Mapping:
     for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
         if cond.get("type") == ctype:
@@ -134,9 +145,11 @@ def compute_status(
     now: str,
     pod_events: Mapping[str, Sequence[Mapping]] | None = None,
     download: DownloadState | None = None,
+    startup_phases: Mapping[str, str] | None = None,
 ) -> StatusUpdate:
     """`pod_events`: pod name -> its Warning events; `download`: the download Job's state
-    while the model is not in the cache yet (None: no Job, or it finished)."""
+    while the model is not in the cache yet (None: no Job, or it finished); `startup_phases`:
+    pod name -> "loading" | "warming" as the starting pods' /health report it."""
     previous = previous or {}
     pod_events = pod_events or {}
     dstatus = (deployment or {}).get("status") or {}
@@ -175,6 +188,9 @@ def compute_status(
         phase = "Pending"
     else:
         phase = "Progressing"
+    starting = _least_advanced(startup_phases or {})
+    if starting is not None and phase in ("Pending", "Progressing") and ready < max(desired_replicas, 1):
+        phase = STARTUP_PHASES[starting[1]][0]
 
     counts = f"{ready}/{desired_replicas} replicas ready"
     if settled and problem is None:
@@ -183,6 +199,9 @@ def compute_status(
         ready_cond = _condition("Ready", False, problem.reason, f"{counts}; {problem.message}", generation)
     elif downloading:
         ready_cond = _condition("Ready", False, "Downloading", f"{counts}; {download.message}", generation)
+    elif phase in ("Loading", "Warming"):
+        ready_cond = _condition("Ready", False, phase,
+                                f"{counts}; pod {starting[0]}: {STARTUP_PHASES[starting[1]][1]}", generation)
     else:
         ready_cond = _condition("Ready", False, "ReplicasNotReady", counts, generation)
     if deadline:

@@ -19,6 +19,7 @@ class WorkQueue(Generic[K]):
         self._dirty: set[K] = set()  # waiting to be processed (queued, or re-queued after processing)
         self._processing: set[K] = set()
         self._delayed: list[tuple[float, int, K]] = []  # (due, tie-breaker, key)
+        self._due: dict[K, float] = {}  # the earliest pending delayed add of each key
         self._seq = 0
         self._closed = False
 
@@ -27,8 +28,12 @@ class WorkQueue(Generic[K]):
             if self._closed:
                 return
             if delay > 0:
+                due = time.monotonic() + delay
+                if self._due.get(key, float("inf")) <= due:
+                    return  # an earlier delayed add is pending: that reconcile re-queues if need be
+                self._due[key] = due
                 self._seq += 1
-                heapq.heappush(self._delayed, (time.monotonic() + delay, self._seq, key))
+                heapq.heappush(self._delayed, (due, self._seq, key))
                 self._cond.notify()
                 return
             self._add_now(key)
@@ -45,7 +50,10 @@ class WorkQueue(Generic[K]):
         """Move due delayed keys into the queue; return seconds until the next one, or None."""
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
-            self._add_now(heapq.heappop(self._delayed)[2])
+            due, _, key = heapq.heappop(self._delayed)
+            if self._due.get(key) == due:  # else superseded by an earlier add
+                del self._due[key]
+                self._add_now(key)
         return self._delayed[0][0] - now if self._delayed else None
 
     def get(self, timeout: float | None = None) -> K | None:

@@ -20,7 +20,8 @@ def test_create_makes_owned_objects_then_ready_status_and_events(kube, ns, opera
     uid = cr["metadata"]["uid"]
     dep = wait_for(lambda: get(kube, "apps/v1", "Deployment", ns, "qwen"), TIMEOUT, "Deployment")
     svc = get(kube, "v1", "Service", ns, "qwen")
-    pdb = get(kube, "policy/v1", "PodDisruptionBudget", ns, "qwen")
+    # Applied after the Deployment, in the same reconcile: it may be a moment behind.
+    pdb = wait_for(lambda: get(kube, "policy/v1", "PodDisruptionBudget", ns, "qwen"), TIMEOUT, "PodDisruptionBudget")
     for obj in (dep, svc, pdb):
         assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [uid]
         assert obj["metadata"]["ownerReferences"][0]["controller"] is True
@@ -284,3 +285,46 @@ def test_operator_serves_reconcile_metrics(kube, ns, operator):
         return False
 
     wait_for(reconciled_ok, TIMEOUT, "minisgl_operator_reconciles_total{result=ok}")
+
+
+def test_starting_pod_reports_loading_then_warming_from_its_health(kube, ns, operator):
+    """A pod object whose podIP is 127.0.0.1 and whose http port is a real HTTP server answering
+    like the worker's start-up app: the operator reads the phase from /health, not the API."""
+    from tests.operator.test_probe import Worker
+
+    worker = Worker()
+    try:
+        create(kube, ns, "phases", podTemplate={"spec": {"containers": [
+            {"name": "worker", "ports": [{"name": "http", "containerPort": worker.port, "protocol": "TCP"}]}]}})
+        pod = wait_for(lambda: pods(kube, ns) and pods(kube, ns)[0], TIMEOUT, "a pod")
+        write_pod_status(kube, pod, {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                                     "conditions": [{"type": "Ready", "status": "False"}],
+                                     "containerStatuses": [{"name": "worker", "ready": False, "restartCount": 0,
+                                                            "image": "img", "imageID": "",
+                                                            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]})
+        seen: list[str] = []
+
+        def phase_is(want: str):
+            def check():
+                cr = msgl(kube, ns, "phases")
+                phase = cr.get("status", {}).get("phase")
+                if phase and (not seen or seen[-1] != phase):
+                    seen.append(phase)
+                return phase == want and cr
+            return check
+
+        cr = wait_for(phase_is("Loading"), TIMEOUT, "phase Loading")
+        assert "loading the model weights" in condition(cr, "Ready")["message"]
+        worker.phase = "warming"  # no watch event: the operator's own re-check notices
+        wait_for(phase_is("Warming"), TIMEOUT, "phase Warming")
+        mark_ready(kube, pods(kube, ns)[0])
+        worker.phase = "ready"
+        wait_for(phase_is("Ready"), TIMEOUT, "phase Ready")
+        assert [p for p in seen if p not in ("Pending", "Progressing")] == ["Loading", "Warming", "Ready"], seen
+        assert seen.index("Loading") == len(seen) - 3, seen  # nothing between Loading, Warming and Ready
+        reasons = {e["reason"] for e in events(kube, ns, "phases")}
+        assert {"PhaseLoading", "PhaseWarming", "PhaseReady"} <= reasons, reasons
+        assert worker.requests <= 10  # cached per pod, a few requests over the whole start-up
+    finally:
+        worker.server.shutdown()
+        worker.server.server_close()

@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from minisgl_operator.status import compute_status, failed_status, pod_problem
+
+class Result(NamedTuple):  # unpacks as (status, events), like StatusUpdate without recheck_seconds
+    status: dict
+    events: list
+
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"
@@ -29,10 +36,11 @@ def deployment(replicas: int, ready: int, updated: int, generation: int = 1, pro
         "updatedReplicas": updated, "conditions": conds}}
 
 
-def status(dep, pods, desired=2, previous=None, now=NOW):
-    return compute_status(generation=3, desired_replicas=desired, deployment=dep, pods=pods,
-                          endpoint="http://q.ns.svc:8000/v1", selector="a=b", rollout="Auto",
-                          previous=previous, now=now)
+def status(dep, pods, desired=2, previous=None, now=NOW, **kw):
+    update = compute_status(generation=3, desired_replicas=desired, deployment=dep, pods=pods,
+                            endpoint="http://q.ns.svc:8000/v1", selector="a=b", rollout="Auto",
+                            previous=previous, now=now, **kw)
+    return Result(update.status, update.events)
 
 
 def cond(st: dict, ctype: str) -> dict:
@@ -110,7 +118,7 @@ def test_scaled_to_zero_is_ready():
 
 
 def test_failed_status_for_an_invalid_spec():
-    st, events = failed_status(4, "InvalidSpec", "engine.tensorParallelSize must be ...", {"replicas": 1}, NOW)
+    st, events, _ = failed_status(4, "InvalidSpec", "engine.tensorParallelSize must be ...", {"replicas": 1}, NOW)
     assert st["phase"] == "Failed" and st["replicas"] == 1 and st["observedGeneration"] == 4
     assert cond(st, "Degraded")["reason"] == "InvalidSpec"
     assert events and events[0].type == "Warning"
@@ -173,3 +181,21 @@ def test_download_phases():
                         rollout="r", previous=None, now=NOW, download=download_state(job)).status
     assert st["phase"] == "Failed" and cond(st, "Degraded")["reason"] == "DownloadFailed"
     assert "BackoffLimitExceeded" in cond(st, "Degraded")["message"]
+
+
+def test_starting_pods_phase_is_loading_then_warming_then_ready():
+    starting = {"metadata": {"name": "s"}, "status": {"phase": "Running", "podIP": "10.0.0.9"}}
+    st, events = status(deployment(2, 0, 2), [starting, dict(starting, metadata={"name": "t"})],
+                        startup_phases={"s": "warming", "t": "loading"})
+    assert st["phase"] == "Loading"  # the pod furthest from ready decides
+    assert cond(st, "Ready")["reason"] == "Loading" and "pod t: loading the model weights" in cond(st, "Ready")["message"]
+    assert "PhaseLoading" in {e.reason for e in events}
+    st, _ = status(deployment(2, 0, 2), [starting], previous=st, startup_phases={"s": "warming", "t": "warming"})
+    assert st["phase"] == "Warming" and cond(st, "Ready")["reason"] == "Warming"
+    st, _ = status(deployment(2, 2, 2), [READY_POD, READY_POD], previous=st, startup_phases={})
+    assert st["phase"] == "Ready"
+
+
+def test_a_pod_problem_outranks_a_starting_phase():
+    st, _ = status(deployment(2, 0, 2), [CRASH_POD], startup_phases={"s": "loading"})
+    assert st["phase"] == "Degraded" and cond(st, "Ready")["reason"] == "CrashLoopBackOff"
