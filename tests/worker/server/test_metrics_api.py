@@ -1,5 +1,6 @@
 """/metrics parses with prometheus_client's parser, carries the contract's names, and moves;
-a client that disconnects mid-stream frees its KV pages (visible in the metrics)."""
+a client that disconnects mid-stream frees its KV pages (visible in the metrics); the
+vLLM-compatible aliases the endpoint picker scrapes mirror the minisgl series."""
 
 from __future__ import annotations
 
@@ -27,14 +28,25 @@ NAMES = {
 }
 
 
+VLLM_ALIASES = {  # vLLM name -> the minisgl sample it mirrors
+    "vllm:num_requests_running": "minisgl_num_running_requests",
+    "vllm:num_requests_waiting": "minisgl_num_waiting_requests",
+    "vllm:kv_cache_usage_perc": "minisgl_kv_cache_usage_ratio",
+    "vllm:gpu_cache_usage_perc": "minisgl_kv_cache_usage_ratio",
+    "vllm:prefix_cache_queries_total": "minisgl_prefix_cache_query_tokens_total",
+    "vllm:prefix_cache_hits_total": "minisgl_prefix_cache_hit_tokens_total",
+}
+
+
 def scrape(server) -> dict[str, float]:
-    """sample name + sorted labels (model label dropped) -> value."""
+    """sample name + sorted labels (model / model_name label dropped) -> value."""
     text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            assert s.labels.get("model") == SERVED_NAME, s
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "model")
+            key = "model_name" if s.name.startswith("vllm:") else "model"
+            assert s.labels.get(key) == SERVED_NAME, s
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != key)
             out[f"{s.name}{{{labels}}}"] = s.value
     return out
 
@@ -130,3 +142,28 @@ def test_non_streaming_disconnect_also_aborts(server):
              and m["minisgl_kv_cache_usage_ratio{}"] == 0
              and m["minisgl_requests_total{status=abort}"]
              > before["minisgl_requests_total{status=abort}"])
+
+
+def test_vllm_aliases_mirror_the_scheduler_series(server):
+    """The names the endpoint picker v1.2 scrapes by default, equal to minisgl's own series
+    (read from one stats snapshot per scrape), and moving with a request."""
+    r = httpx.post(f"{server.base_url}/v1/completions", timeout=60,
+                   json={"prompt": "the cache the cache the cache", "max_tokens": 2})
+    assert r.status_code == 200
+    m = wait_for(server, lambda m: m["vllm:prefix_cache_queries_total{}"] > 0)
+    for alias, name in VLLM_ALIASES.items():
+        assert m[f"{alias}{{}}"] == m[f"{name}{{}}"], alias
+    assert "vllm:cache_config_info{}" not in m  # no page size given to this app's metrics
+
+
+def test_cache_config_info_carries_page_size_and_pages():
+    from minisgl.scheduler.types import SchedulerStats
+    from minisgl.server.metrics import ServerMetrics
+
+    stats = SchedulerStats(num_waiting=3, kv_used_pages=5, kv_total_pages=20)
+    text = ServerMetrics("m", lambda: stats, lambda: True, page_size=16).render().decode()
+    [info] = [s for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name == "vllm:cache_config_info"]
+    assert info.labels == {"model_name": "m", "block_size": "16", "num_gpu_blocks": "20"}
+    assert 'vllm:num_requests_waiting{model_name="m"} 3.0' in text
+    assert 'vllm:gpu_cache_usage_perc{model_name="m"} 0.25' in text

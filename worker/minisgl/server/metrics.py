@@ -5,6 +5,14 @@ one process (tests) do not share counters. Per-request series are recorded by th
 scheduler state (running / waiting / KV / prefix cache / last step) is read from
 `frontend.stats()` at scrape time by a custom collector, so it is never stale by more than the
 stats refresh interval and needs no background task.
+
+vLLM-compatible aliases (always on, label `model_name` as vLLM's): the same scheduler state under
+the names the Gateway API Inference Extension's endpoint picker (EPP) scrapes by default, so an
+InferencePool of minisgl pods needs no `--*-metric` flags on the EPP (v1.2 defaults:
+`vllm:num_requests_waiting`, `vllm:gpu_cache_usage_perc`, `vllm:cache_config_info`), plus the
+newer vLLM names (`vllm:kv_cache_usage_perc`, `vllm:num_requests_running`,
+`vllm:prefix_cache_{queries,hits}_total`) that vLLM dashboards and other pickers read. A handful
+of series, read from the same stats snapshot: cheaper than a flag and its documentation.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 240
 
 class _SchedulerCollector(Collector):
     def __init__(self, model: str, stats: Callable[[], SchedulerStats],
-                 ready: Callable[[], bool], startup_seconds: float | None = None) -> None:
+                 ready: Callable[[], bool], startup_seconds: float | None = None,
+                 page_size: int | None = None) -> None:
         self._model, self._stats, self._ready = model, stats, ready
-        self._startup = startup_seconds
+        self._startup, self._page_size = startup_seconds, page_size
 
     def collect(self) -> Iterable[Metric]:
         s, labels = self._stats(), [self._model]
@@ -65,6 +74,35 @@ class _SchedulerCollector(Collector):
             yield gauge("minisgl_startup_seconds", "Process start to serving: model loaded, "
                         "CUDA graphs captured, kernels warmed up (sizes probes and autoscaling).",
                         self._startup)
+        yield from self._vllm_aliases(s)
+
+    def _vllm_aliases(self, s: SchedulerStats) -> Iterable[Metric]:
+        labels = [self._model]
+
+        def family(kind: type, name: str, doc: str, value: float) -> Metric:
+            m = kind(name, doc + " (vLLM-compatible alias)", labels=["model_name"])
+            m.add_metric(labels, value)
+            return m
+
+        yield family(GaugeMetricFamily, "vllm:num_requests_running", "Requests in the running "
+                     "batch.", s.num_running)
+        yield family(GaugeMetricFamily, "vllm:num_requests_waiting", "Requests queued in the "
+                     "scheduler.", s.num_waiting)
+        yield family(GaugeMetricFamily, "vllm:kv_cache_usage_perc", "KV-cache usage (0..1).",
+                     s.kv_usage)
+        yield family(GaugeMetricFamily, "vllm:gpu_cache_usage_perc", "KV-cache usage (0..1); "
+                     "the name the endpoint picker v1.2 reads by default.", s.kv_usage)
+        yield family(CounterMetricFamily, "vllm:prefix_cache_queries", "Prompt tokens looked up "
+                     "in the prefix cache.", s.prefix_query_tokens_total)
+        yield family(CounterMetricFamily, "vllm:prefix_cache_hits", "Prompt tokens served from "
+                     "the prefix cache.", s.prefix_hit_tokens_total)
+        if self._page_size and s.kv_total_pages:
+            # The picker sizes its prefix index from these labels (block_size in tokens).
+            info = GaugeMetricFamily("vllm:cache_config_info", "KV-cache configuration "
+                                     "(vLLM-compatible alias).",
+                                     labels=["model_name", "block_size", "num_gpu_blocks"])
+            info.add_metric([self._model, str(self._page_size), str(s.kv_total_pages)], 1.0)
+            yield info
 
 
 FINISH_REASONS = ("stop", "length", "abort")
@@ -74,7 +112,8 @@ class ServerMetrics:
     """The metrics of one served model; `observe_*` are called by the serving layer."""
 
     def __init__(self, model: str, stats: Callable[[], SchedulerStats],
-                 ready: Callable[[], bool], startup_seconds: float | None = None) -> None:
+                 ready: Callable[[], bool], startup_seconds: float | None = None,
+                 page_size: int | None = None) -> None:
         self.model = model
         self.registry = CollectorRegistry(auto_describe=True)
         r, lbl = self.registry, ["model"]
@@ -105,7 +144,7 @@ class ServerMetrics:
             self.finish_reasons.labels(model, reason)
         for status in ("success", "error", "abort"):
             self.requests.labels(model, status)  # export zeros so rate() works from the start
-        r.register(_SchedulerCollector(model, stats, ready, startup_seconds))
+        r.register(_SchedulerCollector(model, stats, ready, startup_seconds, page_size))
 
     def request_finished(self, status: str) -> None:
         if status not in ("success", "error", "abort"):
