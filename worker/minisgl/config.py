@@ -64,6 +64,7 @@ class EngineConfig:
     seed: int = 0
     dist_init_method: str | None = None  # e.g. file:///tmp/.../dist; needed when tp_size > 1
     max_running_requests: int = 256  # also sizes the engine's per-request device state
+    nnodes: int = 1  # the tp ranks are spread over this many nodes, tp_size // nnodes each
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -95,10 +96,17 @@ class EngineConfig:
             raise ValueError(f"--max-running-requests must be >= 1, got {self.max_running_requests}")
         if self.tp_size > 1 and not self.dist_init_method:
             raise ValueError("tp_size > 1 needs dist_init_method")
+        if self.nnodes < 1 or self.tp_size % self.nnodes:
+            raise ValueError(f"--tp-size {self.tp_size} must be divisible by --nnodes {self.nnodes}")
 
     @property
     def is_driver(self) -> bool:
         return self.tp_rank == 0
+
+    @property
+    def local_rank(self) -> int:
+        """This rank's index on its node: the GPU it uses (cuda:<local_rank>)."""
+        return self.tp_rank % (self.tp_size // self.nnodes)
 
 
 @dataclass(frozen=True)

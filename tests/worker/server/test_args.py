@@ -12,7 +12,8 @@ ALL_FLAGS = [
     "--memory-ratio", "--max-prefill-length", "--page-size", "--num-pages", "--dummy-weight",
     "--device", "--served-model-name", "--api-key", "--shutdown-timeout", "--log-level",
     "--shell-mode", "--tokenizer-path", "--disable-overlap", "--allowed-origins", "--chat-template",
-    "--reasoning-parser", "--api-key-file", "--max-queued-requests",
+    "--reasoning-parser", "--api-key-file", "--max-queued-requests", "--nnodes", "--node-rank",
+    "--dist-init-addr", "--dist-timeout",
 ]
 
 
@@ -114,3 +115,41 @@ def test_tokenizer_path_takes_a_tokenizer_only_directory(tmp_path):
     from minisgl.tokenizer.worker import load_tokenizer
 
     assert load_tokenizer(a.tokenizer_path).encode("hello") == load_tokenizer("demo").encode("hello")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nnodes", "2", "--tp-size", "2"], "--dist-init-addr HOST:PORT (node 0's address) is required"),
+    (["--nnodes", "2", "--tp-size", "1", "--dist-init-addr", "h:1"], "must be divisible by --nnodes 2"),
+    (["--nnodes", "2", "--tp-size", "2", "--node-rank", "2", "--dist-init-addr", "h:1"],
+     "--node-rank must be in [0, --nnodes 2)"),
+    (["--nnodes", "2", "--tp-size", "2", "--node-rank", "-1", "--dist-init-addr", "h:1"],
+     "--node-rank must be in [0, --nnodes 2)"),
+    (["--nnodes", "2", "--tp-size", "2", "--dist-init-addr", "h"], "must be HOST:PORT"),
+    (["--nnodes", "2", "--tp-size", "2", "--dist-init-addr", "h:65535"], "port must be <= 65534"),
+    (["--nnodes", "0"], "--nnodes must be >= 1"),
+    (["--nnodes", "2", "--tp-size", "2", "--dist-init-addr", "h:1", "--dist-timeout", "0"],
+     "--dist-timeout must be > 0"),
+])
+def test_multinode_flags_are_validated_with_one_line_reasons(flags, message, capsys, monkeypatch):
+    monkeypatch.delenv(ENV_API_KEY, raising=False)
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--model-path", "demo", "--device", "cpu", *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_multinode_flags_place_ranks_and_the_rendezvous(monkeypatch):
+    from minisgl.server.launch import make_endpoints
+
+    monkeypatch.delenv(ENV_API_KEY, raising=False)
+    a = parse_args(["--model-path", "demo", "--device", "cpu", "--tp-size", "4", "--nnodes", "2",
+                    "--node-rank", "1", "--dist-init-addr", "leader.svc:5000"])
+    assert list(a.local_ranks) == [2, 3] and a.ranks_per_node == 2
+    ep = make_endpoints(a, "/tmp/x")
+    assert ep.dist_init_method == "tcp://leader.svc:5001"
+    configs = [a.to_scheduler_config(r, ep.dist_init_method) for r in a.local_ranks]
+    assert [c.local_rank for c in configs] == [0, 1] and all(c.nnodes == 2 for c in configs)
+    one = parse_args(["--model-path", "demo", "--device", "cpu", "--tp-size", "2"])
+    assert list(one.local_ranks) == [0, 1]
+    assert make_endpoints(one, "/tmp/x").dist_init_method == "file:///tmp/x/dist"

@@ -22,13 +22,14 @@ pytestmark = pytest.mark.slow  # real server processes: tens of seconds each
 
 
 class Proc:
-    def __init__(self, log: Path, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "-m", "minisgl", "--device", "cpu", "--port", str(self.port), *args]
         self.popen = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                      env=server_env())
+                                      env={**server_env(), **(env or {})})
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -136,7 +137,7 @@ def test_child_start_up_failure_exits_nonzero_with_the_childs_error(tmp_path, mo
         assert time.monotonic() - start < 60
         text = proc.text()
         assert "scheduler0 failed to start" in text and "Traceback" in text
-        assert "Uvicorn running" not in text
+        assert "start-up failed" in text
         assert_no_orphans([child_pid(proc, "scheduler0")])
     finally:
         proc.close()
@@ -160,28 +161,109 @@ def _stream_completion(url: str, max_tokens: int, first_chunk: threading.Event, 
         first_chunk.set()
 
 
-def _wait_port_then_check_ready(proc: Proc) -> None:
-    """The first moment the port accepts a connection, every child has acked already."""
+def _wait_for_phase(proc: Proc, phase: str, seen: list[str]) -> None:
+    """Poll /health until it reports `phase`; once the port has answered it must keep answering."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        assert time.monotonic() < deadline and proc.popen.poll() is None, proc.text()
+        assert time.monotonic() < deadline and proc.popen.poll() is None, proc.text()[-3000:]
         try:
-            socket.create_connection(("127.0.0.1", proc.port), timeout=1).close()
-            break
-        except OSError:
+            r = httpx.get(f"{proc.url}/health", timeout=5)
+        except httpx.ConnectError:
+            assert not seen, f"the port refused a connection after answering ({seen})"
             time.sleep(0.02)  # poll interval
-    assert httpx.get(f"{proc.url}/ready", timeout=5).status_code == 200
-    text = proc.text()
-    running = text.index("Uvicorn running")
-    for name in ("scheduler0", "detokenizer", "tokenizer0", "tokenizer1"):
-        assert text.index(f"{name} is ready") < running
+            continue
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "ok" and isinstance(body["startup_seconds_so_far"], float)
+        if not seen or seen[-1] != body["phase"]:
+            seen.append(body["phase"])
+        if body["phase"] == phase:
+            return
+        time.sleep(0.02)  # poll interval
 
 
-def test_port_opens_after_acks_and_sigterm_drains_in_flight_requests(tmp_path, model):
+def _assert_starting(proc: Proc, phase: str) -> None:
+    ready = httpx.get(f"{proc.url}/ready", timeout=5)
+    assert ready.status_code == 503 and ready.json()["status"] == "starting"
+    assert ready.json()["phase"] == phase and int(ready.headers["retry-after"]) >= 1
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/nope")):
+        r = httpx.request(method, f"{proc.url}{path}", timeout=5, json={"model": "m", "prompt": "hi"})
+        assert r.status_code == 503, (path, r.text)
+        err = r.json()["error"]
+        assert err["type"] == "service_unavailable" and phase in err["message"] and err["code"] == 503
+        assert int(r.headers["retry-after"]) >= 1
+
+
+def test_port_opens_at_once_and_health_reports_the_start_up_phases_in_order(tmp_path, model):
+    """The start-up phases are held open by gate files (MINISGL_STARTUP_GATE), so each one is
+    observed for certain; the port answers throughout and switches to the real app with no gap."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    proc = Proc(tmp_path / "log", "--model-path", model, "--served-model-name", "m",
+                "--num-tokenizer", "1", env={"MINISGL_STARTUP_GATE": str(gate)})
+    seen: list[str] = []
+    try:
+        _wait_for_phase(proc, "loading", seen)
+        _assert_starting(proc, "loading")
+        (gate / "loading").touch()
+        _wait_for_phase(proc, "warming", seen)
+        _assert_starting(proc, "warming")
+        (gate / "warming").touch()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while (r := httpx.get(f"{proc.url}/ready", timeout=5)).status_code != 200:
+            assert time.monotonic() < deadline and r.json()["status"] == "starting", r.text
+            time.sleep(0.02)  # poll interval; a refused connection here raises and fails the test
+        assert seen == ["loading", "warming"]
+        health = httpx.get(f"{proc.url}/health", timeout=5).json()
+        assert health["status"] == "ok" and health["startup_seconds"] > 0
+        r = httpx.post(f"{proc.url}/v1/completions", timeout=60,
+                       json={"model": "m", "prompt": "hi", "max_tokens": 3, "temperature": 0})
+        assert r.status_code == 200, r.text
+        text = proc.text()
+        assert text.index("Uvicorn running") < text.index("scheduler0 is ready")
+        assert text.index("start-up phase: warming") < text.index("scheduler0 is ready")
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.wait_exit(60) == 0
+    finally:
+        proc.close()
+
+
+def test_sigterm_during_start_up_exits_zero_without_orphans(tmp_path, model):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    proc = Proc(tmp_path / "log", "--model-path", model, env={"MINISGL_STARTUP_GATE": str(gate)})
+    try:
+        _wait_for_phase(proc, "loading", [])
+        kids = descendants(proc.popen.pid)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "scheduler0: loading" not in proc.text():  # the child is up and holding
+            assert time.monotonic() < deadline and proc.popen.poll() is None, proc.text()
+            time.sleep(0.05)  # poll interval
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.wait_exit(60) == 0
+        assert "start-up failed" not in proc.text()
+        assert_no_orphans(kids)
+    finally:
+        proc.close()
+
+
+def test_port_taken_exits_nonzero_without_orphans(tmp_path, model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = Proc(tmp_path / "log", "--model-path", model, port=taken.getsockname()[1])
+        try:
+            assert proc.wait_exit(60) == 1
+            assert "address already in use" in proc.text().lower()
+        finally:
+            proc.close()
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path, model):
     proc = Proc(tmp_path / "log", "--model-path", model, "--served-model-name", "m",
                 "--num-tokenizer", "2", "--shutdown-timeout", "60")
     try:
-        _wait_port_then_check_ready(proc)
+        proc.wait_ready()
         kids = descendants(proc.popen.pid)
         assert len(kids) >= 4
         first, result = threading.Event(), {}

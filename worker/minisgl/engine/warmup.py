@@ -4,13 +4,22 @@ compiled (FlashInfer JIT modules, Triton autotuning) and cached by one throwaway
 Without it the first burst after /ready waits for JIT compilation (over a minute on a fresh
 machine). Warm-up batches read and write only the scratch KV slot (the engine state's pad
 row), so they touch no request's KV and leave the prefix cache empty.
+
+`begin()` marks the start of the phase: the scheduler process reports `warming` to the launcher
+through `announcing(...)` (a context variable, so nothing process-wide), and tests hold the
+phase open with MINISGL_STARTUP_GATE=<dir> (`hold(phase)` waits until <dir>/<phase> exists)
+to watch /health without timing assumptions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 
@@ -18,6 +27,39 @@ from minisgl.engine.batch import Batch
 from minisgl.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+GATE_ENV = "MINISGL_STARTUP_GATE"
+_GATE_POLL_S = 0.05
+_on_begin: ContextVar[Callable[[], None] | None] = ContextVar("minisgl_warmup_on_begin", default=None)
+
+
+@contextlib.contextmanager
+def announcing(on_begin: Callable[[], None]) -> Iterator[None]:
+    """Within this block, `begin()` (the start of any warm-up) calls `on_begin()` first."""
+    token = _on_begin.set(on_begin)
+    try:
+        yield
+    finally:
+        _on_begin.reset(token)
+
+
+def begin() -> None:
+    """The warm-up phase starts: announce it, then wait for the test gate if one is set."""
+    on_begin = _on_begin.get()
+    if on_begin is not None:
+        on_begin()
+    hold("warming")
+
+
+def hold(phase: str) -> None:
+    """Tests only: with MINISGL_STARTUP_GATE=<dir>, wait here until <dir>/<phase> exists."""
+    directory = os.environ.get(GATE_ENV)
+    if not directory:
+        return
+    gate = os.path.join(directory, phase)
+    logger.info("start-up phase %s waits for %s to exist (%s)", phase, gate, GATE_ENV)
+    while not os.path.exists(gate):
+        time.sleep(_GATE_POLL_S)
 
 
 @dataclass(eq=False)
@@ -33,6 +75,7 @@ class _Row:
 def warm_up(engine, max_prefill_tokens: int) -> None:
     """Run a full-size prefill chunk, a multi-row prefill over a cached prefix, decode
     without graphs, and the sampling kernels once each, logging each phase's time."""
+    begin()
     state = engine.state
     pad = state.pad_slot
     chunk = max(1, min(max_prefill_tokens, state.width - 1))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from minisgl.config import SchedulerConfig
 from minisgl.errors import MiniSGLError
-from minisgl.message.backend import AbortBackendMsg, UserMsg
+from minisgl.message import codec
+from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
 from minisgl.server.endpoints import Endpoints
+
+if TYPE_CHECKING:
+    from minisgl.utils.proc import Reporter
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +39,29 @@ def scheduler_main(spec: SchedulerSpec, ack_queue: Any) -> None:
     run_child(name, ack_queue, spec.log_level, lambda ack: _serve(spec, ack))
 
 
-def _serve(spec: SchedulerSpec, ack: Callable[[dict], None]) -> None:
+def _serve(spec: SchedulerSpec, ack: Reporter) -> None:
+    from minisgl.engine import warmup
     from minisgl.scheduler.io import SchedulerIO
     from minisgl.scheduler.scheduler import Scheduler
 
-    sched = Scheduler(spec.config)
-    io = SchedulerIO(spec.endpoints, spec.config.tp_rank)
+    ack.phase("loading")
+    warmup.hold("loading")
+    warming: list[bool] = []
+
+    def on_warm_up() -> None:
+        if not warming:
+            warming.append(True)
+            ack.phase("warming")
+
+    with warmup.announcing(on_warm_up):
+        sched = Scheduler(spec.config)  # warms up on cuda, announcing it
+        if not warming:  # nothing to compile (cpu): the phase is still reported, and gated in tests
+            warmup.begin()
+    io: Any = SchedulerIO(spec.endpoints, spec.config.tp_rank)
+    if spec.config.nnodes > 1:
+        from minisgl.distributed.broadcast import ByteBroadcast
+
+        io = NodeSpanningIO(io, ByteBroadcast(spec.config.tp_rank))
     ack({"max_model_len": int(sched.max_model_len), "eos_token_ids": list(sched.eos_token_ids)})
     logger.info("ready (rank %d of %d)", spec.config.tp_rank, spec.config.tp_size)
     try:
@@ -48,6 +69,26 @@ def _serve(spec: SchedulerSpec, ack: Callable[[dict], None]) -> None:
     finally:
         io.close()
         sched.shutdown()
+
+
+class NodeSpanningIO:
+    """SchedulerIO whose rank-0 broadcast reaches other nodes (torch.distributed, gloo)
+    instead of ipc sockets; rank 0 also broadcasts while idle (`heartbeat`), so a rank > 0
+    never waits long enough in a collective to time out."""
+
+    heartbeat = True
+
+    def __init__(self, io: Any, channel: Any) -> None:
+        self._io, self._channel = io, channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._io, name)
+
+    def broadcast(self, msgs: list[UserMsg | AbortBackendMsg]) -> None:
+        self._channel.send(codec.encode(BatchBackendMsg(msgs)))
+
+    def receive_broadcast(self) -> list[UserMsg | AbortBackendMsg]:
+        return codec.decode(self._channel.recv()).msgs
 
 
 def _apply(sched: Any, io: Any, msgs: list[UserMsg | AbortBackendMsg]) -> None:
@@ -86,10 +127,14 @@ def run_loop(sched: Any, io: Any) -> None:
                     io.send_outputs(outputs)
                     if any(o.finished for o in outputs):
                         stats_due = min(stats_due, last_stats + STATS_AFTER_FINISH_S)
+            elif getattr(io, "heartbeat", False):
+                io.broadcast([])  # nothing to do: tell the other nodes' ranks we are alive
             now = time.monotonic()
             if now >= stats_due:
                 io.send_stats(sched.stats())
                 last_stats, stats_due = now, now + STATS_INTERVAL_S
         else:
-            _apply(sched, io, io.receive_broadcast())
-            sched.step()
+            msgs = io.receive_broadcast()
+            _apply(sched, io, msgs)
+            if msgs or sched.has_work:  # rank 0 stepped too (an empty list: a heartbeat, or work)
+                sched.step()

@@ -45,6 +45,10 @@ class ServerArgs:
     allowed_origins: tuple[str, ...] = ()  # CORS; empty: no CORS headers
     reasoning_parser: str | None = None  # qwen3 | deepseek_r1: <think> -> reasoning_content
     chat_template: str | None = None  # a Jinja file (or the template text) replacing the tokenizer's
+    nnodes: int = 1  # nodes the tensor-parallel ranks are spread over
+    node_rank: int = 0  # 0: the leader (API server + ranks 0..); others run only their ranks
+    dist_init_addr: str | None = None  # host:port of node 0; needed when nnodes > 1
+    dist_timeout: float = 300.0  # seconds a node waits for the others to join
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -72,8 +76,41 @@ class ServerArgs:
             from minisgl.models import resolve_tokenizer_path
 
             resolve_tokenizer_path(self.tokenizer_path)
+        self._check_nodes()
         # Everything the engine checks (dtype, tp size, backend vs device, ...), checked now.
         self.to_scheduler_config(0, dist_init_method="file:///validate")
+
+    def _check_nodes(self) -> None:
+        if self.nnodes < 1:
+            raise ValueError(f"--nnodes must be >= 1, got {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"--node-rank must be in [0, --nnodes {self.nnodes}), got {self.node_rank}")
+        if self.tp_size % self.nnodes:
+            raise ValueError(f"--tp-size {self.tp_size} must be divisible by --nnodes {self.nnodes} "
+                             f"(every node runs the same number of ranks)")
+        if self.dist_timeout <= 0:
+            raise ValueError(f"--dist-timeout must be > 0, got {self.dist_timeout}")
+        if self.nnodes == 1:
+            if self.dist_init_addr is not None:
+                parse_host_port(self.dist_init_addr)
+            return
+        if self.dist_init_addr is None:
+            raise ValueError("--dist-init-addr HOST:PORT (node 0's address) is required when --nnodes > 1")
+        if self.shell_mode:
+            raise ValueError("--shell-mode runs on one node; drop --nnodes")
+        host, port = parse_host_port(self.dist_init_addr)
+        if port > 65534:
+            raise ValueError(f"--dist-init-addr port must be <= 65534 (port + 1 is used too), got {port}")
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tp_size // self.nnodes
+
+    @property
+    def local_ranks(self) -> range:
+        """The tensor-parallel ranks this node runs."""
+        first = self.node_rank * self.ranks_per_node
+        return range(first, first + self.ranks_per_node)
 
     @property
     def model_name(self) -> str:
@@ -115,7 +152,17 @@ class ServerArgs:
             max_running_requests=self.max_running_requests,
             max_prefill_length=self.max_prefill_length,
             overlap=False if self.disable_overlap else None,
+            nnodes=self.nnodes,
         )
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """'host:port' (IPv6 as '[::1]:port') -> (host, port); ValueError names the problem."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--dist-init-addr must be HOST:PORT with a port in [1, 65535], got {value!r}")
+    return host, int(port)
 
 
 def load_chat_template(value: str) -> str:
@@ -215,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log verbosity")
     s.add_argument("--shell-mode", action="store_true",
                    help="chat in the terminal instead of serving HTTP")
+    n = p.add_argument_group("multi-node tensor parallelism")
+    n.add_argument("--nnodes", type=int, default=1,
+                   help="nodes the --tp-size ranks are split over (tp-size / nnodes per node)")
+    n.add_argument("--node-rank", type=int, default=0,
+                   help="this node: 0 runs the API server and ranks 0..; others run only their ranks")
+    n.add_argument("--dist-init-addr", metavar="HOST:PORT",
+                   help="node 0's address, the same on every node: node 0 listens on PORT "
+                        "(the node group's control channel) and PORT+1 (torch.distributed)")
+    n.add_argument("--dist-timeout", type=float, default=d["dist_timeout"].default,
+                   help="seconds to wait for every node to join before failing")
     return p
 
 

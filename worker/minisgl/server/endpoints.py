@@ -1,4 +1,5 @@
-"""Where each process listens: ipc:// sockets in a per-server temporary directory."""
+"""Where each process listens: ipc:// sockets in a per-server temporary directory; across
+nodes (--nnodes > 1), torch.distributed meets at node 0's --dist-init-addr port + 1."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Endpoints:
     directory: str
     num_tokenizer: int = 0
     tp_size: int = 1
+    dist_addr: tuple[str, int] | None = None  # node 0's (host, control port) when multi-node
 
     @property
     def frontend(self) -> str:
@@ -42,4 +44,8 @@ class Endpoints:
 
     @property
     def dist_init_method(self) -> str:
-        return f"file://{self.directory}/dist"
+        if self.dist_addr is None:
+            return f"file://{self.directory}/dist"
+        host, port = self.dist_addr
+        host = f"[{host}]" if ":" in host else host
+        return f"tcp://{host}:{port + 1}"  # the control channel has `port` itself

@@ -2,8 +2,10 @@
 
 Processes: this one (API server + launcher), scheduler ranks 0..TP-1, one detokenizer,
 `--num-tokenizer` tokenizer workers. Start-up is two waves — schedulers first (their ack
-carries the context length the tokenizers validate against), then the (de)tokenizers —
-and the HTTP port opens only after every ack. If any child dies, we exit non-zero; on
+carries the context length the tokenizers validate against), then the (de)tokenizers.
+The HTTP port opens at once on a start-up app (server/startup.py: /health 200 with the phase
+scheduler rank 0 reports, everything else 503) that switches to the real app when every child
+has acked. If any child dies, we exit non-zero; on
 SIGTERM we drain; on every exit path every child is terminated (children also die with us
 via PR_SET_PDEATHSIG, see utils/proc.py).
 """
@@ -18,6 +20,7 @@ import queue
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -26,7 +29,7 @@ import uvicorn
 
 from minisgl.server.args import ServerArgs
 from minisgl.server.endpoints import Endpoints
-from minisgl.utils.proc import Ack, setup_logging
+from minisgl.utils.proc import Ack, Phase, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +43,18 @@ class StartupError(RuntimeError):
 class Children:
     """The spawned child processes, by name."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_phase: Callable[[str, str], None] | None = None) -> None:
         self.ctx = mp.get_context("spawn")
         self.acks: Any = self.ctx.Queue()
         self.procs: dict[str, mp.process.BaseProcess] = {}
+        self.on_phase = on_phase  # (child name, phase), called on the waiting thread
+        self._abort = threading.Event()
+        self._abort_reason = ""
+
+    def abort(self, reason: str) -> None:
+        """Make a `wait_acks` in progress (on another thread) raise StartupError(reason)."""
+        self._abort_reason = reason
+        self._abort.set()
 
     def spawn(self, name: str, target: Callable, spec: Any, settings: Any = None) -> None:
         args = (spec, self.acks) if settings is None else (spec, self.acks, settings)
@@ -56,8 +67,10 @@ class Children:
         """Block until every named child acks; raise StartupError with the child's error."""
         pending, infos = set(names), {}
         while pending:
+            if self._abort.is_set():
+                raise StartupError(self._abort_reason)
             try:
-                ack: Ack = self.acks.get(timeout=0.2)
+                ack: Ack | Phase = self.acks.get(timeout=0.2)
             except queue.Empty:
                 dead = [n for n in pending if not self.procs[n].is_alive()]
                 if dead:
@@ -67,6 +80,11 @@ class Children:
                         raise StartupError(f"{dead[0]} exited with code {code} during start-up")
                 else:
                     continue
+            if isinstance(ack, Phase):
+                logger.info("%s: %s", ack.name, ack.phase)
+                if self.on_phase is not None:
+                    self.on_phase(ack.name, ack.phase)
+                continue
             if not ack.ok:
                 raise StartupError(f"{ack.name} failed to start:\n{ack.error}")
             infos[ack.name] = ack.info
@@ -81,7 +99,7 @@ class Children:
                 ack = self.acks.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if not ack.ok:
+            if isinstance(ack, Ack) and not ack.ok:
                 return ack
         return None
 
@@ -101,20 +119,28 @@ class Children:
         self.acks.join_thread()
 
 
+def spawn_schedulers(args: ServerArgs, endpoints: Endpoints, children: Children) -> list[str]:
+    """This node's scheduler ranks (all of them on one node); returns their names."""
+    from minisgl.scheduler.process import SchedulerSpec, scheduler_main
+
+    names = []
+    for rank in args.local_ranks:
+        config = args.to_scheduler_config(rank, endpoints.dist_init_method)
+        names.append(f"scheduler{rank}")
+        children.spawn(names[-1], scheduler_main, SchedulerSpec(config, endpoints, args.log_level))
+    return names
+
+
 def start_children(args: ServerArgs, endpoints: Endpoints, children: Children) -> dict:
     """Spawn everyone at once; returns rank 0's ack info (max_model_len, eos_token_ids).
 
     The (de)tokenizers load their tokenizer while the model loads, then wait for rank 0's
     ack info on their `settings` queue before they ack themselves.
     """
-    from minisgl.scheduler.process import SchedulerSpec, scheduler_main
     from minisgl.tokenizer.detokenizer import DetokenizerSpec, detokenizer_main
     from minisgl.tokenizer.worker import TokenizerSpec, tokenizer_main
 
-    schedulers = [f"scheduler{rank}" for rank in range(args.tp_size)]
-    for rank, name in enumerate(schedulers):
-        config = args.to_scheduler_config(rank, endpoints.dist_init_method)
-        children.spawn(name, scheduler_main, SchedulerSpec(config, endpoints, args.log_level))
+    schedulers = spawn_schedulers(args, endpoints, children)
     settings = {"detokenizer": children.ctx.SimpleQueue()}
     children.spawn("detokenizer", detokenizer_main, DetokenizerSpec(
         args.model_path, endpoints.detokenizer, endpoints.scheduler, endpoints.frontend,
@@ -153,41 +179,72 @@ class _Server(uvicorn.Server):
 
 
 class Supervisor:
-    """Runs the serving coroutine; turns child death and signals into an exit code."""
+    """Turns child death, a lost peer node and signals into an exit code.
 
-    def __init__(self, args: ServerArgs, children: Children, frontend: Any) -> None:
-        self.args, self.children, self.frontend = args, children, frontend
+    Before the frontend is attached (start-up), a failure aborts the start-up wait and a
+    signal stops at once; afterwards a failure fails every live request and stops serving,
+    and SIGTERM drains first.
+    """
+
+    def __init__(self, args: ServerArgs, children: Children) -> None:
+        self.args, self.children = args, children
+        self.frontend: Any = None
         self.exit_code = 0
         self._stop: Callable[[bool], None] = lambda force: None
         self._draining: asyncio.Task | None = None
         self._stopping = False
+        self._watching = False
+
+    @property
+    def stopping(self) -> bool:
+        """A signal asked us to stop (so a start-up cut short is no failure)."""
+        return self._stopping
 
     def install(self, loop: asyncio.AbstractEventLoop, stop: Callable[[bool], None]) -> None:
         """`stop(force)` ends serving; force=True skips any grace period."""
         self._stop = stop
-        for name, proc in self.children.procs.items():
-            loop.add_reader(proc.sentinel, self._on_child_exit, name)
         loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
 
+    def attach(self, loop: asyncio.AbstractEventLoop, frontend: Any) -> None:
+        """Every child acked: watch them and serve through `frontend`."""
+        self.frontend = frontend
+        self._watching = True
+        for name, proc in self.children.procs.items():
+            loop.add_reader(proc.sentinel, self._on_child_exit, name)
+
     def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
-        for proc in self.children.procs.values():
-            loop.remove_reader(proc.sentinel)
+        if self._watching:
+            for proc in self.children.procs.values():
+                loop.remove_reader(proc.sentinel)
+            self._watching = False
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
 
-    def _on_child_exit(self, name: str) -> None:
+    def fail(self, reason: str) -> None:
+        """Something the server needs is gone (a child, a peer node): exit non-zero."""
         if self.exit_code:
             return
-        proc = self.children.procs[name]
-        proc.join(1.0)  # the sentinel fires as the process exits; reap it for its exit code
-        reason = f"{name} (pid {proc.pid}) exited with code {proc.exitcode}"
         logger.error("%s: shutting down", reason)
         self.exit_code = 1
+        if self.frontend is None:
+            self.children.abort(reason)
+            return
         self.frontend.mark_failed(reason)
         self._stop(False)  # live requests were just failed, so the graceful stop is quick
 
+    def _on_child_exit(self, name: str) -> None:
+        proc = self.children.procs[name]
+        proc.join(1.0)  # the sentinel fires as the process exits; reap it for its exit code
+        self.fail(f"{name} (pid {proc.pid}) exited with code {proc.exitcode}")
+
     def _on_signal(self, sig: signal.Signals) -> None:
+        if self.frontend is None:
+            logger.info("%s during start-up: stopping", sig.name)
+            self._stopping = True
+            self.children.abort(f"interrupted by {sig.name}")
+            self._stop(False)
+            return
         if self._stopping:
             logger.info("%s again: exiting now", sig.name)
             self._stop(True)
@@ -216,11 +273,50 @@ class Supervisor:
         self._stop(False)
 
 
-async def _serve_http(args: ServerArgs, frontend: Any, supervisor: Supervisor) -> None:
-    from minisgl.server.api import create_app
+class Startup:
+    """Everything start-up needs, run on a worker thread: the children's acks and the
+    API process's own tokenizer (loaded meanwhile); `frontend()` builds the FrontendManager."""
 
+    def __init__(self, args: ServerArgs, endpoints: Endpoints, children: Children,
+                 started: float) -> None:
+        self.args, self.endpoints, self.children, self.started = args, endpoints, children, started
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="tokenizer-load")
+
+    def run(self) -> tuple[dict, Any]:
+        from minisgl.tokenizer.worker import load_tokenizer
+
+        args = self.args
+        tokenizer = self._loader.submit(load_tokenizer, args.tokenizer_path or args.model_path)
+        info = start_children(args, self.endpoints, self.children)
+        tok = tokenizer.result()
+        if args.chat_template is not None:  # only the API process applies chat templates
+            from minisgl.server.args import load_chat_template
+
+            tok.chat_template = load_chat_template(args.chat_template)
+        return info, tok
+
+    def frontend(self, info: dict, tok: Any) -> Any:
+        from minisgl.server.frontend import FrontendManager
+
+        frontend = FrontendManager(self.endpoints, self.args.model_name, int(info["max_model_len"]), tok)
+        frontend.startup_seconds = time.monotonic() - self.started
+        logger.info("ready to serve %.1f s after start", frontend.startup_seconds)
+        return frontend
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+async def _serve_http(startup: Startup, supervisor: Supervisor) -> None:
+    """The port opens now, on the start-up app; it switches to the real app once ready."""
+    from minisgl.server.api import create_app
+    from minisgl.server.startup import StartupState, SwitchingApp
+
+    args = startup.args
+    state = StartupState(args.model_name, startup.started)
+    switching = SwitchingApp(state)
     config = uvicorn.Config(
-        create_app(frontend, args), host=args.host, port=args.port, log_level=args.log_level,
+        switching, host=args.host, port=args.port, log_level=args.log_level,
         access_log=args.log_level == "debug",
         timeout_graceful_shutdown=5,  # we drained already; this only bounds writing responses
     )
@@ -231,27 +327,110 @@ async def _serve_http(args: ServerArgs, frontend: Any, supervisor: Supervisor) -
         server.force_exit = force
 
     loop = asyncio.get_running_loop()
+
+    def on_phase(name: str, phase: str) -> None:
+        if name == "scheduler0":
+            loop.call_soon_threadsafe(state.set_phase, phase)
+
+    startup.children.on_phase = on_phase
+
+    async def run_server() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits when it cannot bind; server.started tells
+            pass
+
     supervisor.install(loop, stop)
+    leader = None
+    if args.nnodes > 1:
+        leader = _start_leader(args, lambda reason: loop.call_soon_threadsafe(supervisor.fail, reason))
+        if leader is None:
+            supervisor.exit_code = 1
+            supervisor.uninstall(loop)
+            return
+    serving = loop.create_task(run_server())
+    starting = loop.run_in_executor(None, startup.run)
     try:
-        await server.serve()
+        await asyncio.wait([serving, starting], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # the server stopped first: a signal, or the port was taken
+            if not server.started and not supervisor.stopping:
+                supervisor.exit_code = 1
+            return
+        try:
+            info, tok = starting.result()
+        except StartupError as exc:
+            if not supervisor.stopping:
+                logger.error("start-up failed: %s", exc)
+                supervisor.exit_code = 1
+            return
+        frontend = startup.frontend(info, tok)
+        await switching.switch_to(create_app(frontend, args))
+        supervisor.attach(loop, frontend)
+        await serving
         if not server.started and not supervisor.exit_code:
             supervisor.exit_code = 1  # e.g. the port was taken
     finally:
+        startup.children.abort("the server is stopping")
+        await asyncio.gather(starting, return_exceptions=True)  # the start-up thread ends
+        stop(False)
+        await serving
         supervisor.uninstall(loop)
+        if leader is not None:  # an orderly stop says bye (worker nodes exit 0); else they fail
+            leader.close(bye=supervisor.exit_code == 0)
 
 
-async def _serve_shell(args: ServerArgs, frontend: Any, supervisor: Supervisor) -> None:
+def _start_leader(args: ServerArgs, on_lost: Callable[[str], None]) -> Any:
+    """Node 0 of several: listen for the worker nodes (None, logged, if the port is taken)."""
+    from minisgl.distributed.control import Hello, Leader
+    from minisgl.server.args import parse_host_port
+
+    _, port = parse_host_port(args.dist_init_addr or "")
+    try:
+        leader = Leader(port, Hello(0, args.nnodes, args.tp_size, args.model_path),
+                        args.dist_timeout, on_lost)
+    except OSError as exc:
+        logger.error("cannot listen for the other nodes on port %d (--dist-init-addr): %s", port, exc)
+        return None
+    leader.start()
+    return leader
+
+
+async def _serve_shell(startup: Startup, supervisor: Supervisor) -> None:
     from minisgl.server.shell import run_shell
 
-    await frontend.start()
     loop = asyncio.get_running_loop()
-    shell = asyncio.ensure_future(run_shell(frontend, args))
-    supervisor.install(loop, lambda force: shell.cancel())
+    shell: asyncio.Future | None = None
+
+    def stop(force: bool) -> None:
+        if shell is not None:
+            shell.cancel()
+
+    supervisor.install(loop, stop)
     try:
-        await asyncio.gather(shell, return_exceptions=True)
+        info, tok = await loop.run_in_executor(None, startup.run)
+        frontend = startup.frontend(info, tok)
+        await frontend.start()
+        shell = asyncio.ensure_future(run_shell(frontend, startup.args))
+        supervisor.attach(loop, frontend)
+        try:
+            await asyncio.gather(shell, return_exceptions=True)
+        finally:
+            await frontend.stop()
+    except StartupError as exc:
+        if not supervisor.stopping:
+            logger.error("start-up failed: %s", exc)
+            supervisor.exit_code = 1
     finally:
         supervisor.uninstall(loop)
-        await frontend.stop()
+
+
+def make_endpoints(args: ServerArgs, directory: str) -> Endpoints:
+    dist_addr = None
+    if args.nnodes > 1:
+        from minisgl.server.args import parse_host_port
+
+        dist_addr = parse_host_port(args.dist_init_addr or "")
+    return Endpoints(directory, args.num_tokenizer, args.tp_size, dist_addr)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -264,35 +443,28 @@ def launch(args: ServerArgs) -> int:
     setup_logging(args.log_level, "server")
     signal.signal(signal.SIGTERM, _interrupt)  # until the serving loop takes over: clean up
     directory = tempfile.mkdtemp(prefix="minisgl-")
-    endpoints = Endpoints(directory, args.num_tokenizer, args.tp_size)
+    endpoints = make_endpoints(args, directory)
     children = Children()
-    loader = ThreadPoolExecutor(1, thread_name_prefix="tokenizer-load")
+    startup = Startup(args, endpoints, children, started)
+    if args.node_rank > 0:
+        from minisgl.distributed.node import run_worker_node
+
+        try:
+            return run_worker_node(args, endpoints, children)
+        finally:
+            children.terminate_all()
+            shutil.rmtree(directory, ignore_errors=True)
     try:
-        from minisgl.server.frontend import FrontendManager
-        from minisgl.tokenizer.worker import load_tokenizer
-
-        tokenizer = loader.submit(load_tokenizer, args.tokenizer_path or args.model_path)  # while the children start
-        info = start_children(args, endpoints, children)
-        tok = tokenizer.result()
-        if args.chat_template is not None:  # only the API process applies chat templates
-            from minisgl.server.args import load_chat_template
-
-            tok.chat_template = load_chat_template(args.chat_template)
-        frontend = FrontendManager(endpoints, args.model_name, int(info["max_model_len"]), tok)
-        frontend.startup_seconds = time.monotonic() - started
-        logger.info("ready to serve %.1f s after start", frontend.startup_seconds)
-        supervisor = Supervisor(args, children, frontend)
+        supervisor = Supervisor(args, children)
         serve = _serve_shell if args.shell_mode else _serve_http
         _use_uvloop()
-        asyncio.run(serve(args, frontend, supervisor))
+        asyncio.run(serve(startup, supervisor))
         return supervisor.exit_code
-    except StartupError as exc:
-        logger.error("start-up failed: %s", exc)
-        return 1
     except KeyboardInterrupt:
         logger.info("interrupted")
         return 0
     finally:
-        loader.shutdown(wait=False, cancel_futures=True)
+        children.abort("the server is exiting")
+        startup.close()
         children.terminate_all()
         shutil.rmtree(directory, ignore_errors=True)
