@@ -9,7 +9,7 @@ from typing import Mapping, NamedTuple
 from minisgl_operator import GROUP, KIND, VERSION
 from minisgl_operator.autoscaling import hpa_behavior
 from minisgl_operator.download import build_download_job
-from minisgl_operator.pod import build_pod_template, common_labels, selector_labels, startup_budget
+from minisgl_operator.pod import build_pod_template, common_labels, progress_deadline, selector_labels, startup_budget
 from minisgl_operator.rollout import RolloutPlan
 from minisgl_operator.spec import WorkerSpec
 
@@ -67,7 +67,7 @@ def build_deployment(owner: Owner, spec: WorkerSpec, plan: RolloutPlan, offline:
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner.name)},
             "strategy": plan.strategy,
-            "progressDeadlineSeconds": spec.progress_deadline_seconds,
+            "progressDeadlineSeconds": progress_deadline(spec, model_bytes),
             "revisionHistoryLimit": 5,
             "template": build_pod_template(owner.name, spec, offline, model_bytes),
         },

@@ -63,6 +63,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         kube = Kube(load_api_client())
         memo.store = Store()
         memo.metrics = OperatorMetrics()
+        memo.metrics.watch_startups(memo.store, config.worker_image)
         reconciler = Reconciler(kube, memo.store, Options(monitor_labels=dict(config.service_monitor_labels)))
         memo.controller = Controller(kube, reconciler, memo.store, memo.metrics,
                                      resync_seconds=config.resync_seconds, workers=config.workers,

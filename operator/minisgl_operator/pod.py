@@ -16,6 +16,9 @@ STARTUP_PERIOD_SECONDS = 10
 DEFAULT_STARTUP_SECONDS = 1800
 STARTUP_BASE_SECONDS = 600
 LOAD_BYTES_PER_SECOND = 50 * 2**20
+# A Deployment's progress deadline without an explicit one: the startup budget plus time to schedule
+# the pod and pull a multi-GB image, so a long load is never reported as a stalled rollout.
+PROGRESS_MARGIN_SECONDS = 900
 WORKER_UID = 10001  # the user Dockerfile.worker creates; fsGroup makes fresh volumes writable to it
 SCRATCH_PATH = "/tmp"  # the root filesystem is read-only: ipc sockets and JIT caches go here
 
@@ -161,6 +164,14 @@ def startup_budget(spec: WorkerSpec, model_bytes: int | None = None) -> int:
         derived = STARTUP_BASE_SECONDS + math.ceil(model_bytes / LOAD_BYTES_PER_SECOND)
         return max(derived, spec.startup_timeout_seconds or 0)
     return spec.startup_timeout_seconds or DEFAULT_STARTUP_SECONDS
+
+
+def progress_deadline(spec: WorkerSpec, model_bytes: int | None = None) -> int:
+    """The Deployment's progressDeadlineSeconds: spec.rollout.progressDeadlineSeconds when set,
+    else startup_budget + 900 s (scheduling, image pull)."""
+    if spec.progress_deadline_seconds is not None:
+        return spec.progress_deadline_seconds
+    return startup_budget(spec, model_bytes) + PROGRESS_MARGIN_SECONDS
 
 
 def _probes(spec: WorkerSpec, model_bytes: int | None) -> dict:

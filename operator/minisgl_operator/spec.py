@@ -85,7 +85,7 @@ class WorkerSpec:
     startup_timeout_seconds: int | None = None  # unset: derived from the model's size (pod.startup_budget)
     drain_timeout_seconds: int = 120
     rollout_strategy: str = "Auto"
-    progress_deadline_seconds: int = 3600
+    progress_deadline_seconds: int | None = None  # unset: the startup budget + a margin (pod.progress_deadline)
     service_monitor: bool = True
     monitor_interval: str = "15s"
     monitor_labels: dict = field(default_factory=dict)
@@ -237,7 +237,7 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> Wor
         startup_timeout_seconds=_opt_int(probes.get("startupTimeoutSeconds"), "probes.startupTimeoutSeconds", 10),
         drain_timeout_seconds=_int(shutdown.get("drainTimeoutSeconds", 120), "shutdown.drainTimeoutSeconds", 0),
         rollout_strategy=_choice(rollout.get("strategy", "Auto"), STRATEGIES, "rollout.strategy"),
-        progress_deadline_seconds=_int(rollout.get("progressDeadlineSeconds", 3600), "rollout.progressDeadlineSeconds", 60),
+        progress_deadline_seconds=_opt_int(rollout.get("progressDeadlineSeconds"), "rollout.progressDeadlineSeconds", 60),
         service_monitor=bool(monitoring.get("serviceMonitor", True)),
         monitor_interval=monitoring.get("interval") or "15s",
         monitor_labels=dict(monitoring.get("labels") or {}),

@@ -22,7 +22,7 @@ BAD_VALUES = [
     ({"operator.image.pullPolicy": "Sometimes"}, "operator.image.pullPolicy"),
     ({"operator.image.digest": "latest"}, "operator.image.digest"),
     ({"prometheusRule.thresholds.kvCacheUsageRatio": 1.5}, "kvCacheUsageRatio"),
-    ({"prometheusRule.thresholds.startupTimeout": "thirty minutes"}, "startupTimeout"),
+    ({"prometheusRule.thresholds.startupGraceSeconds": "five minutes"}, "startupGraceSeconds"),
     ({"serviceMonitor.interval": "often"}, "serviceMonitor.interval"),
     ({"dashboards.enabled": "yes"}, "dashboards.enabled"),
 ]

@@ -111,7 +111,37 @@ def worker(tmp_path_factory) -> Iterator[Process]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(worker: Process, alert_rules: dict, tmp_path_factory) -> Iterator[Process]:
+def operator_metrics() -> Iterator[str]:
+    """The operator's real /metrics (its StartupCollector over a Store as the watches fill it): one
+    MiniSGLDeployment with one worker pod created just now and not ready yet."""
+    from datetime import datetime, timezone
+
+    from prometheus_client import start_http_server
+
+    from minisgl_operator.metrics import StartupCollector
+    from minisgl_operator.pod import common_labels
+    from minisgl_operator.store import Store
+
+    store = Store()
+    store.upsert("MiniSGLDeployment", {"metadata": {"name": "qwen3", "namespace": "default"},
+                                       "spec": {"image": "i", "model": {"path": "Qwen/Qwen3-0.6B"}}})
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    store.upsert("Pod", {"metadata": {"name": "qwen3-0", "namespace": "default", "labels": common_labels("qwen3"),
+                                      "creationTimestamp": now}, "status": {"phase": "Pending"}})
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(StartupCollector(store))
+    port = free_port()
+    server = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield f"127.0.0.1:{port}"
+    if isinstance(server, tuple):  # prometheus-client >= 0.17 returns (server, thread)
+        server[0].shutdown()
+        server[0].server_close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(worker: Process, alert_rules: dict, operator_metrics: str, tmp_path_factory) -> Iterator[Process]:
     binary = require_binary(shutil.which("prometheus"), "prometheus", "bash .ci/install_prometheus.sh")
     d = tmp_path_factory.mktemp("prometheus")
     (d / "rules.yaml").write_text(yaml.safe_dump(alert_rules))
@@ -119,7 +149,9 @@ def prometheus(worker: Process, alert_rules: dict, tmp_path_factory) -> Iterator
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(d / "rules.yaml")],
         "scrape_configs": [{"job_name": JOB, "static_configs": [
-            {"targets": [worker.url.removeprefix("http://")], "labels": TARGET}]}],
+            {"targets": [worker.url.removeprefix("http://")], "labels": TARGET}]},
+            {"job_name": "minisgl-operator", "static_configs": [
+                {"targets": [operator_metrics], "labels": {"namespace": "minisgl-system", "pod": "operator-0"}}]}],
     }
     (d / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -202,10 +234,13 @@ def test_every_alert_expression_parses_and_names_live_series(alert_rules: dict, 
                          ["data"]["groups"] for r in g["rules"]), 10, "every rule evaluated with health ok")
 
 
-def test_the_alerts_worker_selector_finds_the_scraped_worker(prometheus: Process, traffic: None) -> None:
-    """MiniSGLPodNotReady reads `up` through prometheusRule.workerSelector (a not-ready pod exports nothing else)."""
-    selector = yaml.safe_load((REPO / "charts/minisgl-operator/values.yaml").read_text())["prometheusRule"]["workerSelector"]
-    assert [r["metric"]["pod"] for r in query(prometheus, f"up{{{selector}}}")] == ["qwen3-0"]
+def test_not_ready_pods_are_joined_with_their_resources_startup_budget(prometheus: Process, traffic: None) -> None:
+    """MiniSGLPodNotReady compares the operator's two series per resource; the scrape's own
+    namespace/pod labels (the operator's) do not collide with the resource's."""
+    result = query(prometheus, "minisgl_operator_worker_not_ready_seconds - on (resource_namespace, resource_name) "
+                               "group_left () minisgl_operator_startup_budget_seconds")
+    assert [(r["metric"]["resource_name"], r["metric"]["worker_pod"]) for r in result] == [("qwen3", "qwen3-0")]
+    assert float(result[0]["value"][1]) < 0  # created just now: well inside its 1800 s budget
 
 
 def test_a_healthy_worker_fires_no_alert(prometheus: Process, traffic: None) -> None:

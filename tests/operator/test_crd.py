@@ -53,7 +53,9 @@ def test_schema_defaults_match_the_parsed_defaults():
     assert "default" not in s["probes"]["properties"]["startupTimeoutSeconds"] and parsed.startup_timeout_seconds is None
     assert s["shutdown"]["properties"]["drainTimeoutSeconds"]["default"] == parsed.drain_timeout_seconds
     assert s["service"]["properties"]["port"]["default"] == parsed.service_port
-    assert s["rollout"]["properties"]["progressDeadlineSeconds"]["default"] == parsed.progress_deadline_seconds
+    # No default either: unset, the deadline follows the startup budget (pod.progress_deadline).
+    assert "default" not in s["rollout"]["properties"]["progressDeadlineSeconds"]
+    assert parsed.progress_deadline_seconds is None
 
 
 def test_worker_enums_match_the_worker_cli():

@@ -51,6 +51,24 @@ def test_budget_never_goes_below_an_explicit_timeout():
     assert startup_budget(spec(True, timeout=60), GB16) == startup_budget(spec(True), GB16)
 
 
+def deadline(s, model_bytes):
+    dep = next(o for o in desired_objects(OWNER, s, RolloutPlan(IN_PLACE, "x"), False, model_bytes=model_bytes)
+               if o["kind"] == "Deployment")
+    return dep["spec"]["progressDeadlineSeconds"]
+
+
+def test_progress_deadline_follows_the_startup_budget_so_a_long_load_is_not_a_failure():
+    from minisgl_operator.pod import PROGRESS_MARGIN_SECONDS
+
+    big = 400 * 10**9  # a 200B-class model in bf16: a load of well over two hours at 50 MiB/s
+    assert startup_budget(spec(True), big) > 7200
+    assert deadline(spec(True), big) == startup_budget(spec(True), big) + PROGRESS_MARGIN_SECONDS
+    assert deadline(spec(True), big) > startup_seconds(spec(True), big)  # the probe gives up first
+    assert deadline(spec(False), None) == DEFAULT_STARTUP_SECONDS + PROGRESS_MARGIN_SECONDS
+    explicit = parse_spec({"image": "i", "model": {"path": "m"}, "rollout": {"progressDeadlineSeconds": 120}})
+    assert deadline(explicit, big) == 120  # an explicit value is the user's call
+
+
 def test_without_a_download_job_or_a_size_the_spec_decides():
     assert startup_seconds(spec(False), GB16) == DEFAULT_STARTUP_SECONDS
     assert startup_seconds(spec(False, timeout=900), GB16) == 900
