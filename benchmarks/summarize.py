@@ -17,6 +17,12 @@ def line(r: dict) -> str:
         rows = ", ".join(f"{x['variant']} {x.get('output_tokens_per_s', 'ERR')}"
                          + (f" ({x['vs_base']}x)" if "vs_base" in x else "") for x in r["rows"])
         return f"{head} tok/s: {rows}"
+    if name == "profile":
+        ph = r.get("phases", {})
+        got = [f"{k}: " + ", ".join(f"{m} {ph[k][m]}" for m in
+                                   ("ms_per_token", "ms_per_step", "graph_replay_us", "tokens_per_s")
+                                   if m in ph[k]) for k in ph]
+        return f"{head} " + ("; ".join(got) or "microbenchmarks only")
     parts = [f"{r.get('output_tokens_per_s')} tok/s"]
     if name == "latency-b1":
         parts = [f"{r['ms_per_output_token']} ms/token", f"floor {a.get('floor_ms_per_token')} ms",
