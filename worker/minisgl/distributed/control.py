@@ -147,9 +147,8 @@ class Leader:
         self._on_lost_cb = on_lost
         self._lost = threading.Event()
         self.links: dict[int, Link] = {}
-        self.joined = threading.Event()
         self._closing = False
-        self._server = socket.create_server(("", port), reuse_port=False, backlog=hello.nnodes)
+        self._server = socket.create_server(("", port), backlog=hello.nnodes)
         self.port = self._server.getsockname()[1]
 
     def start(self) -> None:
@@ -172,7 +171,7 @@ class Leader:
                 sock, addr = self._server.accept()
             except socket.timeout:
                 missing = sorted(want - set(self.links))
-                self._lose(f"node(s) {missing} did not join within {self.timeout:.0f} s "
+                self._lose(f"node(s) {missing} did not join within {self.timeout:g} s "
                            f"(--dist-timeout); are they started with --dist-init-addr "
                            f"pointing here (port {self.port})?")
                 return
@@ -181,7 +180,6 @@ class Leader:
             self._handshake(sock, f"{addr[0]}:{addr[1]}")
         if not self._closing:
             logger.info("all %d nodes joined", self.hello.nnodes)
-            self.joined.set()
         self._server.close()
 
     def _handshake(self, sock: socket.socket, addr: str) -> None:
@@ -226,7 +224,7 @@ def join(host: str, port: int, hello: Hello, timeout: float, on_lost: Callable[[
         left = deadline - time.monotonic()
         if left <= 0:
             raise ControlError(f"cannot reach the leader (node 0) at {host}:{port} within "
-                               f"{timeout:.0f} s (--dist-timeout): {last}")
+                               f"{timeout:g} s (--dist-timeout): {last}")
         try:
             sock = socket.create_connection((host, port), timeout=min(left, HEARTBEAT_TIMEOUT_S))
             break
