@@ -14,6 +14,7 @@ from tests.worker.server.conftest import SERVED_NAME, start_server
 
 MSG = [{"role": "user", "content": "hello"}]
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 MAX_LEN = 512  # the tiny model's max_position_embeddings
 
 BAD = [
@@ -62,6 +63,11 @@ BAD = [
     ("completion logprobs too large", COMPLETIONS, {"prompt": "hi", "logprobs": 50}, 400),
     ("generate empty prompt", "/generate", {"prompt": "", "max_tokens": 3}, 400),
     ("generate max_tokens 0", "/generate", {"prompt": "hi", "max_tokens": 0}, 400),
+    # tools: `auto` needs a parser (this server's template implies none); a named choice
+    # needs its tool
+    ("tools auto without a parser", CHAT, {"messages": MSG, "tools": [TOOL]}, 400),
+    ("tool_choice names no tool", CHAT, {"messages": MSG, "tool_choice": {
+        "type": "function", "function": {"name": "f"}}}, 400),
     # structured output: each reaches the compiler (or is refused before it) and gets a 400
     ("schema xgrammar cannot compile", CHAT, {"messages": MSG, "response_format": {
         "type": "json_schema", "json_schema": {"name": "x", "schema": {
@@ -85,11 +91,9 @@ BAD = [
 ]
 
 # Fields that would change the answer and are not implemented yet: refused, never ignored.
-TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 REFUSED = [
-    (CHAT, {"tools": [TOOL]}, "tools"),
-    (CHAT, {"tools": [TOOL], "tool_choice": "required"}, "tools"),
-    (CHAT, {"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    (COMPLETIONS, {"tools": [TOOL]}, "tools"),  # tool calling is chat's
+    (CHAT, {"functions": [TOOL["function"]]}, "functions"),  # the deprecated spelling
     (COMPLETIONS, {"best_of": 3}, "best_of"),
     (COMPLETIONS, {"suffix": "!"}, "suffix"),
 ]

@@ -61,12 +61,12 @@ def test_max_tokens_zero_only_with_echo():
 
 
 def test_chat_template_and_default_budget(tok):
-    ids, p = build_chat(chat(), tok, 64)
+    ids, p, _ = build_chat(chat(), tok, 64)
     text = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False,
                                    add_generation_prompt=True)
     assert ids == tok.encode(text, add_special_tokens=False)
     assert p.max_tokens == 64 - len(ids)
-    _, p = build_chat(chat(max_tokens=5, max_completion_tokens=3), tok, 64)
+    _, p, _ = build_chat(chat(max_tokens=5, max_completion_tokens=3), tok, 64)
     assert p.max_tokens == 3
 
 

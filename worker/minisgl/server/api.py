@@ -33,6 +33,7 @@ from minisgl.server.metrics import CONTENT_TYPE, ServerMetrics
 from minisgl.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                      GenerateRequest, TokenizeRequest, unknown_fields,
                                      unsupported_fields)
+from minisgl.server.tools import default_parser_for_template
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +185,15 @@ async def chat_completions(request: Request) -> Response:
         _check_model(frontend, req.model)
         # Templating and tokenizing a huge conversation must not stall every stream and
         # /health: off the event loop, on one thread (HF tokenizers are not re-entrant).
-        ids, params = await asyncio.get_running_loop().run_in_executor(
-            state.tokenize_pool, oai.build_chat, req, frontend.tokenizer, frontend.max_model_len)
+        ids, params, tools = await asyncio.get_running_loop().run_in_executor(
+            state.tokenize_pool, oai.build_chat, req, frontend.tokenizer, frontend.max_model_len,
+            state.tool_parser)
     except Exception as e:
         return _reject(request, e)
     run = _run(request, [ids], params, "chatcmpl")
     builder = oai.ResponseBuilder(run, frontend.model_name, True, state.formatter,
-                                  reasoning_parser=state.reasoning_parser)
+                                  reasoning_parser=state.reasoning_parser, tools=tools,
+                                  tool_parser=state.tool_parser)
     return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
                           lambda: _collect(builder))
 
@@ -382,6 +385,10 @@ def create_app(frontend, args) -> FastAPI:
     app.state.formatter = LogprobFormatter(frontend.tokenizer)
     app.state.tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="api-tokenize")
     app.state.reasoning_parser = getattr(args, "reasoning_parser", None)
+    # --tool-call-parser, else what the chat template's markup implies (None: none)
+    app.state.tool_parser = (getattr(args, "tool_call_parser", None)
+                             or default_parser_for_template(
+                                 getattr(frontend.tokenizer, "chat_template", None)))
     install_error_handlers(app)
     app.include_router(router)
     origins = list(getattr(args, "allowed_origins", ()) or ())

@@ -23,11 +23,16 @@ from minisgl.server.constraints import logit_bias, request_grammar
 from minisgl.server.generation import GenerationRun
 from minisgl.server.logprobs import LogprobFormatter
 from minisgl.server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from minisgl.grammar import json_grammar
 from minisgl.server.reasoning import create_reasoning_parser, split_reasoning
+from minisgl.server.tools import ToolPlan, normalize_messages, plan_tools
 
 logger = logging.getLogger(__name__)
 
 MAX_PROMPTS = 1024
+# `required` with parallel_tool_calls: the grammar's bound on calls in one answer (a model
+# could otherwise keep adding calls until max_tokens).
+MAX_FORCED_CALLS = 8
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -88,10 +93,12 @@ def build_completion(req: CompletionRequest, max_model_len: int
 
 
 def render_chat(tokenizer, messages: list, add_generation_prompt: bool,
-                continue_final_message: bool = False, template_kwargs: dict | None = None) -> str:
-    """The chat template applied to messages. template_kwargs are variables for the template
-    only: none may name an argument of apply_chat_template (e.g. `chat_template`, which would
-    let a request replace the server's template)."""
+                continue_final_message: bool = False, template_kwargs: dict | None = None,
+                tools: list | tuple | None = None) -> str:
+    """The chat template applied to messages (tool calls and tool results included) and
+    tools. template_kwargs are variables for the template only: none may name an argument of
+    apply_chat_template (e.g. `chat_template`, which would let a request replace the server's
+    template)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidRequest("this model has no chat template; use /v1/completions")
     kwargs = template_kwargs or {}
@@ -99,11 +106,11 @@ def render_chat(tokenizer, messages: list, add_generation_prompt: bool,
     if reserved:
         raise InvalidRequest(f"chat_template_kwargs may not set {', '.join(reserved)}",
                              param="chat_template_kwargs")
-    dicts = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-             for m in messages]
+    dicts = normalize_messages(messages)
     try:
         return tokenizer.apply_chat_template(
-            dicts, tokenize=False, add_generation_prompt=add_generation_prompt and not continue_final_message,
+            dicts, tools=list(tools) if tools else None, tokenize=False,
+            add_generation_prompt=add_generation_prompt and not continue_final_message,
             continue_final_message=continue_final_message, **kwargs)
     except Exception as e:  # jinja errors: the template rejected these messages
         raise InvalidRequest(f"chat template failed: {e}", param="messages") from e
@@ -115,11 +122,17 @@ def _template_arguments(cls: type) -> frozenset[str]:
     return frozenset(names | {"chat_template", "tokenize", "tokenizer"})
 
 
-def build_chat(req: ChatCompletionRequest, tokenizer, max_model_len: int
-               ) -> tuple[list[int], SamplingParams]:
-    """Apply the chat template here (the API process owns the HF tokenizer) -> prompt ids."""
+def build_chat(req: ChatCompletionRequest, tokenizer, max_model_len: int,
+               tool_parser: str | None = None) -> tuple[list[int], SamplingParams, ToolPlan | None]:
+    """Apply the chat template here (the API process owns the HF tokenizer) -> prompt ids,
+    sampling parameters and the request's tool plan. A forced tool choice (`required`, a named
+    function) becomes a JSON-schema grammar, so the output is always a valid call."""
+    plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+    if plan is not None:
+        plan.parser(tool_parser)  # refuses `auto` now when no parser can read the answer
     text = render_chat(tokenizer, req.messages, req.add_generation_prompt,
-                       req.continue_final_message, req.chat_template_kwargs)
+                       req.continue_final_message, req.chat_template_kwargs,
+                       plan.tools if plan is not None else None)
     # The template already contains BOS and role markers: add no special tokens twice.
     ids = tokenizer.encode(text, add_special_tokens=False)
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -136,7 +149,13 @@ def build_chat(req: ChatCompletionRequest, tokenizer, max_model_len: int
     top = req.top_logprobs if req.top_logprobs is not None else 0
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
-    return ids, sampling_params(req, limit, top if req.logprobs else None)
+    params = sampling_params(req, limit, top if req.logprobs else None)
+    if plan is not None and plan.forced:
+        if params.grammar is not None:
+            raise InvalidRequest("a forced tool_choice cannot be combined with another output "
+                                 "constraint (response_format, guided_*)", param="tool_choice")
+        params = params.replace(grammar=json_grammar(plan.schema(MAX_FORCED_CALLS))).validate()
+    return ids, params, plan
 
 
 def sse(obj: dict | str) -> bytes:
@@ -163,7 +182,8 @@ class ResponseBuilder:
     """Accumulates chunks and renders OpenAI completion / chat objects from them."""
 
     def __init__(self, run: GenerationRun, model: str, chat: bool, fmt: LogprobFormatter,
-                 echo_texts: list[str] | None = None, reasoning_parser: str | None = None) -> None:
+                 echo_texts: list[str] | None = None, reasoning_parser: str | None = None,
+                 tools: ToolPlan | None = None, tool_parser: str | None = None) -> None:
         self.run, self.model, self.chat, self.fmt = run, model, chat, fmt
         self.reasoning_parser = reasoning_parser if chat else None  # --reasoning-parser
         self.n = run.params.n
@@ -171,6 +191,9 @@ class ResponseBuilder:
         self.echo_texts = echo_texts
         self.choices = [_Choice() for _ in range(len(run.prompts) * self.n)]
         self.reasoners = [create_reasoning_parser(self.reasoning_parser) for _ in self.choices]
+        # Tool calls: one parser per choice, reading the content after any reasoning.
+        self.tool_parsers = [tools.parser(tool_parser) if tools is not None else None
+                             for _ in self.choices]
         self.prompt_tokens = [0] * len(run.prompts)
         self.cached_tokens = [0] * len(run.prompts)
         self.prompt_ids: list[list[int] | None] = [None] * len(run.prompts)
@@ -235,8 +258,13 @@ class ResponseBuilder:
                 if self.reasoning_parser is not None:
                     reasoning, message["content"] = split_reasoning(self.reasoning_parser, text)
                     message["reasoning_content"] = reasoning
-                out.append({"index": idx, "message": message,
-                            "logprobs": logprobs, "finish_reason": c.finish_reason})
+                parser = self.tool_parsers[idx]
+                if parser is not None:
+                    message["content"], calls = parser.parse(message["content"] or "")
+                    if calls:
+                        message["tool_calls"] = [call.to_openai() for call in calls]
+                out.append({"index": idx, "message": message, "logprobs": logprobs,
+                            "finish_reason": self.finish_reason(idx)})
                 continue
             echo_text, echo_lp = self._echo(p) if self.echo_texts is not None else ("", None)
             if self.want_logprobs:
@@ -249,6 +277,24 @@ class ResponseBuilder:
         return {"id": rid, "object": obj, "created": self.created, "model": self.model,
                 "choices": out, "usage": self.usage()}
 
+    def finish_reason(self, idx: int) -> str | None:
+        """The choice's finish reason; "tool_calls" when it stopped after making calls."""
+        reason, parser = self.choices[idx].finish_reason, self.tool_parsers[idx]
+        return "tool_calls" if reason == "stop" and parser is not None and parser.calls else reason
+
+    def chat_deltas(self, idx: int, text: str, finished: bool) -> list[dict]:
+        """The chat deltas of new text: reasoning, content and tool-call fragments."""
+        reasoner, parser = self.reasoners[idx], self.tool_parsers[idx]
+        reasoning, content = reasoner.feed(text, final=finished) if reasoner else ("", text)
+        if parser is None:
+            delta = {"reasoning_content": reasoning} if reasoning else {}
+            return [{**delta, "content": content} if content else delta]
+        deltas = [{"reasoning_content": reasoning}] if reasoning else []
+        deltas += parser.feed(content) if content else []
+        if finished:
+            deltas += parser.finish()
+        return deltas or [{}]
+
     def chunk_obj(self, choices: list[dict], usage: bool) -> dict:
         obj = {"id": self.run.request_id,
                "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -256,18 +302,6 @@ class ResponseBuilder:
         if usage:
             obj["usage"] = self.usage()
         return obj
-
-
-def _chat_delta(reasoner, text: str, finished: bool) -> dict:
-    if reasoner is None:
-        return {"content": text} if text else {}
-    reasoning, content = reasoner.feed(text, final=finished)
-    delta = {}
-    if reasoning:
-        delta["reasoning_content"] = reasoning
-    if content:
-        delta["content"] = content
-    return delta
 
 
 async def stream_events(builder: ResponseBuilder, include_usage: bool,
@@ -294,11 +328,13 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
             has_new = bool(chunk.text or chunk.finished or (builder.want_logprobs and chunk.token_ids))
             if has_new:
                 lp = builder._logprobs(idx, start, offset) if builder.want_logprobs else None
-                fin = c.finish_reason if chunk.finished else None
+                fin = builder.finish_reason(idx) if chunk.finished else None
                 if builder.chat:
-                    delta = _chat_delta(builder.reasoners[idx], chunk.text, chunk.finished)
-                    choices.append({"index": idx, "delta": delta, "logprobs": lp,
-                                    "finish_reason": fin})
+                    deltas = builder.chat_deltas(idx, chunk.text, chunk.finished)
+                    for k, delta in enumerate(deltas):  # logprobs on the first, finish on the last
+                        choices.append({"index": idx, "delta": delta,
+                                        "logprobs": lp if k == 0 else None,
+                                        "finish_reason": fin if k == len(deltas) - 1 else None})
                 else:
                     choices.append({"index": idx, "text": chunk.text, "logprobs": lp,
                                     "finish_reason": fin})

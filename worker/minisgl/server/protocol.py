@@ -121,6 +121,8 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[dict] | None = None  # assistant: calls it made (server/tools/messages.py)
+    tool_call_id: StrictStr | None = None  # tool: the call this answers
 
     def text(self) -> str:
         if self.content is None:
@@ -138,6 +140,10 @@ class ChatCompletionRequest(_SamplingFields):
     add_generation_prompt: Bool = True
     continue_final_message: Bool = False
     chat_template_kwargs: dict | None = None
+    # tool calling (shapes checked in server/tools/choice.py, with messages naming the field)
+    tools: list | None = None
+    tool_choice: StrictStr | dict | None = None
+    parallel_tool_calls: Bool | None = None
 
 
 class TokenizeRequest(_Request):
@@ -181,7 +187,7 @@ def unknown_fields(req: BaseModel) -> list[str]:
 
 # field -> its values that change nothing (None always does)
 _OUTPUT_CHANGING: dict[str, tuple] = {
-    "tools": ([],),
+    "tools": ([],),  # completions: tool calling is chat's (a declared field there)
     "tool_choice": ("none", "auto"),  # "auto" without tools is no tool call either
     "functions": ([],),
     "function_call": ("none", "auto"),
