@@ -9,6 +9,7 @@ from typing import Mapping, NamedTuple
 from minisgl_operator import GROUP, KIND, VERSION
 from minisgl_operator.autoscaling import hpa_behavior
 from minisgl_operator.download import build_download_job
+from minisgl_operator.multinode import build_leader_worker_set, leader_selector, lws_name
 from minisgl_operator.pod import build_pod_template, common_labels, progress_deadline, selector_labels, startup_budget
 from minisgl_operator.rollout import RolloutPlan
 from minisgl_operator.spec import WorkerSpec
@@ -80,7 +81,8 @@ def build_service(owner: Owner, spec: WorkerSpec) -> dict:
         metadata["annotations"] = dict(spec.service_annotations)
     service_spec: dict = {
         "type": spec.service_type,
-        "selector": selector_labels(owner.name),
+        # A multi-node group serves from its leader only.
+        "selector": {**selector_labels(owner.name), **(leader_selector() if spec.multi_node else {})},
         "ports": [{"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}],
     }
     if spec.cluster_ip:
@@ -150,6 +152,28 @@ def build_service_monitor(owner: Owner, spec: WorkerSpec, labels: Mapping[str, s
     }
 
 
+def build_workload(owner: Owner, spec: WorkerSpec, plan: RolloutPlan, offline: bool = False,
+                   model_bytes: int | None = None) -> dict:
+    """The pods' owner: a Deployment, or a LeaderWorkerSet for a model over several nodes."""
+    if spec.multi_node:
+        return build_leader_worker_set(owner.name, spec, _metadata(owner), offline, model_bytes)
+    return build_deployment(owner, spec, plan, offline, model_bytes)
+
+
+def workload_ref(owner: Owner, spec: WorkerSpec) -> tuple[str, str, str]:
+    """(apiVersion, kind, name) of the workload this spec wants."""
+    if spec.multi_node:
+        return "leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", lws_name(owner.name)
+    return "apps/v1", "Deployment", owner.name
+
+
+def other_workload_ref(owner: Owner, spec: WorkerSpec) -> tuple[str, str, str]:
+    """The workload of the other kind, to delete after a switch between one node and several."""
+    if spec.multi_node:
+        return "apps/v1", "Deployment", owner.name
+    return "leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", lws_name(owner.name)
+
+
 def build_job(owner: Owner, spec: WorkerSpec) -> dict:
     return build_download_job(owner.name, spec, _metadata(owner))
 
@@ -166,7 +190,7 @@ def desired_objects(
     if spec.download_job:
         objects.append(build_job(owner, spec))
     if downloaded:
-        objects.append(build_deployment(owner, spec, plan, offline=spec.download_job, model_bytes=model_bytes))
+        objects.append(build_workload(owner, spec, plan, offline=spec.download_job, model_bytes=model_bytes))
     if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         objects.append(build_pdb(owner, spec))
     if spec.autoscaling is not None:

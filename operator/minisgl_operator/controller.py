@@ -21,6 +21,7 @@ from minisgl_operator.builders import Owner
 from minisgl_operator.events import post_event
 from minisgl_operator.kube import Kube, object_path
 from minisgl_operator.metrics import OperatorMetrics
+from minisgl_operator.multinode import validate_name
 from minisgl_operator.ownership import ObjectInTheWay
 from minisgl_operator.reconcile import Reconciler, utc_now
 from minisgl_operator.spec import parse_spec
@@ -61,6 +62,7 @@ def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[
 
     try:
         spec = parse_spec(body.get("spec") or {}, default_image)
+        validate_name(meta["name"], spec)
     except ValueError as e:
         fail("InvalidSpec", str(e))
         raise kopf.PermanentError(f"invalid spec: {e}") from e

@@ -34,6 +34,7 @@ CHILDREN = (
     (("autoscaling", "v2", "horizontalpodautoscalers"), "HorizontalPodAutoscaler"),
     (("monitoring.coreos.com", "v1", "servicemonitors"), "ServiceMonitor"),
     (("batch", "v1", "jobs"), "Job"),
+    (("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"), "LeaderWorkerSet"),
 )
 POD_WARNINGS = "type=Warning,involvedObject.kind=Pod"
 

@@ -29,6 +29,7 @@ PLURALS = {
     "ResourceQuota": "resourcequotas",
     "Namespace": "namespaces",
     "MiniSGLDeployment": "minisgldeployments",
+    "LeaderWorkerSet": "leaderworkersets",
 }
 
 

@@ -61,6 +61,12 @@ def common_labels(name: str) -> dict[str, str]:
 
 
 API_KEYS_PATH = "/etc/minisgl/api-keys"
+# Multi-node groups (a LeaderWorkerSet): node 0's torch.distributed rendezvous, port and port + 1.
+DIST_PORT = 5000
+# Injected into every container of a group by the LeaderWorkerSet's pod webhook; the kubelet
+# expands $(VAR) in args from the container's environment.
+LWS_LEADER_ADDRESS = "$(LWS_LEADER_ADDRESS)"
+LWS_WORKER_INDEX = "$(LWS_WORKER_INDEX)"
 
 
 def worker_args(spec: WorkerSpec) -> list[str]:
@@ -89,6 +95,9 @@ def worker_args(spec: WorkerSpec) -> list[str]:
     for flag, value in optional.items():
         if value is not None:
             args += [flag, str(value)]
+    if spec.multi_node:  # the same flags on every node; the rank comes from the pod's LWS index
+        args += ["--nnodes", str(spec.nodes), "--node-rank", LWS_WORKER_INDEX,
+                 "--dist-init-addr", f"{LWS_LEADER_ADDRESS}:{DIST_PORT}"]
     return args + list(spec.extra_args)
 
 
@@ -195,10 +204,15 @@ def termination_grace_seconds(spec: WorkerSpec) -> int:
     return PRESTOP_SLEEP_SECONDS + spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS
 
 
-def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False, model_bytes: int | None = None) -> dict:
+def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False, model_bytes: int | None = None,
+                       role: str = "server") -> dict:
     """The Deployment's pod template, with spec.podTemplate merged over it last. `offline`:
     the model is already in the cache (a download Job filled it); `model_bytes`: the size that
-    Job reported, which sets the startup budget."""
+    Job reported, which sets the startup budget. `role`: "server" (one pod serves: a Deployment's,
+    or a LeaderWorkerSet's leader) or "node" (a LeaderWorkerSet worker: scheduler ranks only, no
+    HTTP port, no probes, and no endpoint to drain)."""
+    if role not in ("server", "node"):
+        raise ValueError(f"role must be 'server' or 'node', got {role!r}")
     cache, cache_mount = cache_volume(spec)
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "scratch", "mountPath": SCRATCH_PATH}, cache_mount]
     volumes: list[dict] = [
@@ -222,6 +236,13 @@ def build_pod_template(name: str, spec: WorkerSpec, offline: bool = False, model
         "lifecycle": {"preStop": PRESTOP},
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
     }
+    if spec.multi_node:
+        dist = [{"name": "dist", "containerPort": DIST_PORT, "protocol": "TCP"},
+                {"name": "dist-control", "containerPort": DIST_PORT + 1, "protocol": "TCP"}]
+        container["ports"] = (container["ports"] if role == "server" else []) + dist
+    if role == "node":
+        for key in ("startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
+            container.pop(key)
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     pod_spec: dict = {

@@ -17,7 +17,9 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from minisgl_operator.autoscaling import measured_time_to_ready
-from minisgl_operator.builders import Owner, build_job, desired_objects, endpoint_url, stale_kinds
+from minisgl_operator.builders import (Owner, build_job, desired_objects, endpoint_url, other_workload_ref, stale_kinds,
+                                       workload_ref)
+from minisgl_operator.multinode import ROLLOUT_DESCRIPTION, WORKER_INDEX_LABEL, lws_as_deployment
 from minisgl_operator.download import DownloadState, download_state, has_finished_pod, reported_model_bytes
 from minisgl_operator.kube import Kube, object_path
 from minisgl_operator.ownership import (TEMPLATE_HASH_ANNOTATION, ObjectInTheWay, applied_hash, describe_owner,
@@ -145,17 +147,22 @@ class Reconciler:
             else:  # what the running Deployment was built with, until the new Job finishes
                 model_bytes, job_name = status.get("modelBytes"), status.get("downloadJob")
         downloaded = download is None or download.done
-        current = self.store.get("Deployment", owner.namespace, owner.name)
+        _, workload_kind, workload_name = workload_ref(owner, spec)
+        current = self.store.get(workload_kind, owner.namespace, workload_name)
         probe = desired_objects(owner, spec, RolloutPlan(SURGE, ""), False, downloaded=True, model_bytes=model_bytes)
-        template = next(o for o in probe if o["kind"] == "Deployment")["spec"]["template"]
-        template_hash = digest(template)
-        plan = (self.rollout_plan(owner, spec, current, template_hash) if downloaded
-                else RolloutPlan(SURGE, "waiting for the model download"))
+        workload = next(o for o in probe if o["kind"] == workload_kind)["spec"]
+        template_hash = digest(workload.get("template") or workload.get("leaderWorkerTemplate"))
+        if not downloaded:
+            plan = RolloutPlan(SURGE, "waiting for the model download")
+        elif spec.multi_node:
+            plan = RolloutPlan(SURGE, ROLLOUT_DESCRIPTION)  # the LWS's own rolloutStrategy
+        else:
+            plan = self.rollout_plan(owner, spec, current, template_hash)
         monitor_api = self.options.service_monitor_api
         objects = desired_objects(owner, spec, plan, monitor_api, self.options.monitor_labels, downloaded,
                                   time_to_ready, model_bytes)
         for obj in objects:
-            if obj["kind"] == "Deployment":
+            if obj["kind"] == workload_kind:
                 obj["metadata"]["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash}
             if obj["kind"] != "Job":
                 self.ensure(owner, obj)
@@ -170,6 +177,12 @@ class Reconciler:
             if existing is not None and owned_by(existing, owner.uid):
                 logger.info("deleting %s %s/%s: no longer in the spec", kind, owner.namespace, owner.name)
                 self.kube.delete(object_path(api_version, kind, owner.namespace, owner.name))
+        if downloaded:  # one node <-> several: the new workload is applied, the old one goes
+            api_version, kind, name = other_workload_ref(owner, spec)
+            existing = self.store.get(kind, owner.namespace, name)
+            if existing is not None and owned_by(existing, owner.uid):
+                logger.info("deleting %s %s/%s: replaced by a %s", kind, owner.namespace, name, workload_kind)
+                self.kube.delete(object_path(api_version, kind, owner.namespace, name))
         if download is not None and download.done:
             self._prune_old_jobs(owner, spec)
         return Applied(plan, None if downloaded else download, model_bytes, job_name if model_bytes else None)
@@ -197,12 +210,17 @@ class Reconciler:
     # -- observe ------------------------------------------------------------------------------------
     def observe(self, owner: Owner, spec: WorkerSpec, generation: int, applied: Applied,
                 previous: Mapping | None) -> StatusUpdate:
-        deployment = self.store.get("Deployment", owner.namespace, owner.name)
+        _, kind, name = workload_ref(owner, spec)
+        deployment = self.store.get(kind, owner.namespace, name)
         if deployment is not None and not owned_by(deployment, owner.uid):
             deployment = None
+        if spec.multi_node:
+            deployment = lws_as_deployment(deployment)
         pods = self.worker_pods(owner)
         events = self.store.pod_events(owner.namespace, [p["metadata"]["name"] for p in pods])
-        startup_phases = self.prober.phases(pods)
+        # Only pods that serve HTTP know the phase: a group's leader (LWS worker index 0).
+        servers = [p for p in pods if (p["metadata"].get("labels") or {}).get(WORKER_INDEX_LABEL, "0") == "0"]
+        startup_phases = self.prober.phases(servers)
         update = compute_status(
             generation=generation,
             desired_replicas=spec.replicas,
@@ -217,7 +235,7 @@ class Reconciler:
             download=applied.download,
             startup_phases=startup_phases,
         )
-        if any(starting(p) for p in pods):  # no watch event says "now warming": look again
+        if any(starting(p) for p in servers):  # no watch event says "now warming": look again
             update = update._replace(recheck_seconds=RECHECK_SECONDS)
         ttr = measured_time_to_ready(pods) or (previous or {}).get("timeToReadySeconds")
         if ttr:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-TP_SIZES = (1, 2, 4, 8)
+TP_SIZES = (1, 2, 4, 8, 16, 32, 64)  # above 8: over several nodes (engine.nodes, a LeaderWorkerSet)
+GPUS_PER_NODE = 8  # assumed when a tensor-parallel size is larger than one node's GPUs and nothing says
 DEVICES = ("cuda", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION_BACKENDS = ("torch", "fi", "fa3", "fa3,fi")
@@ -56,6 +57,7 @@ class WorkerSpec:
     token_secret: SecretRef | None = None
     cache: ModelCache | None = None
     tp_size: int = 1
+    nodes: int = 1  # > 1: one LeaderWorkerSet group of this many pods per replica
     device: str = "cuda"
     dtype: str = "auto"
     attention_backend: str | None = None
@@ -106,6 +108,10 @@ class WorkerSpec:
         return self.cache is not None and self.cache.download and not self.cache.read_only and self.hub_model
 
     @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    @property
     def gpus_per_pod(self) -> int:
         return self.gpu if self.device == "cuda" else 0
 
@@ -136,6 +142,26 @@ def _secret(ref: Mapping | None, default_key: str, what: str) -> SecretRef | Non
     return SecretRef(name=ref["name"], key=ref.get("key") or default_key)
 
 
+def _nodes(raw: Any, tp: int, device: str, gpu: Any) -> int:
+    """engine.nodes, or derived: a tensor-parallel size larger than one pod's GPUs (resources.gpu,
+    else GPUS_PER_NODE) spreads over tp / gpus nodes."""
+    if raw is not None:
+        nodes = _int(raw, "engine.nodes", 1)
+    elif device == "cuda" and not isinstance(gpu, bool) and isinstance(gpu, int) and 0 < gpu < tp:
+        nodes = tp // gpu if tp % gpu == 0 else 0
+        if not nodes:
+            raise ValueError(f"engine.tensorParallelSize {tp} must be a multiple of resources.gpu {gpu} "
+                             "to spread over nodes")
+    elif device == "cuda" and gpu is None and tp > GPUS_PER_NODE:
+        nodes = tp // GPUS_PER_NODE
+    else:
+        nodes = 1
+    if tp % nodes:
+        raise ValueError(f"engine.tensorParallelSize {tp} must be divisible by engine.nodes {nodes} "
+                         "(every node runs the same number of ranks)")
+    return nodes
+
+
 def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> WorkerSpec:
     """Turn a MiniSGLDeployment .spec into a WorkerSpec, or raise ValueError saying why not.
     `default_image` is the operator's configured worker image (the chart's workers.image)."""
@@ -153,11 +179,13 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> Wor
 
     tp = _choice(engine.get("tensorParallelSize", 1), TP_SIZES, "engine.tensorParallelSize")
     device = _choice(engine.get("device", "cuda"), DEVICES, "engine.device")
-    gpu = _int(resources.get("gpu", tp if device == "cuda" else 0), "resources.gpu", 0)
-    if device == "cuda" and gpu < tp:
+    nodes = _nodes(engine.get("nodes"), tp, device, resources.get("gpu"))
+    ranks_per_node = tp // nodes
+    gpu = _int(resources.get("gpu", ranks_per_node if device == "cuda" else 0), "resources.gpu", 0)
+    if device == "cuda" and gpu < ranks_per_node:
         raise ValueError(
-            f"resources.gpu must be >= engine.tensorParallelSize (one GPU per tensor-parallel "
-            f"rank): gpu={gpu}, tensorParallelSize={tp}"
+            f"resources.gpu must be >= engine.tensorParallelSize / engine.nodes (one GPU per tensor-parallel "
+            f"rank on each node): gpu={gpu}, tensorParallelSize={tp}, nodes={nodes}"
         )
     memory_ratio = engine.get("memoryRatio")
     if memory_ratio is not None and not 0 < float(memory_ratio) <= 1:
@@ -205,6 +233,7 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> Wor
         token_secret=_secret(model.get("tokenSecretRef"), "token", "model.tokenSecretRef"),
         cache=cache,
         tp_size=tp,
+        nodes=nodes,
         device=device,
         dtype=_choice(engine.get("dtype", "auto"), DTYPES, "engine.dtype"),
         attention_backend=(

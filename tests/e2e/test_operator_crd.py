@@ -25,8 +25,12 @@ def apply(cluster: Cluster, name: str, dry_run: bool = True, **spec):
 
 @pytest.mark.parametrize("spec, message", [
     ({"engine": {"tensorParallelSize": 3}}, 'spec.engine.tensorParallelSize: Unsupported value: 3'),
-    ({"engine": {"tensorParallelSize": 4}, "resources": {"gpu": 2}},
-     "resources.gpu must be >= engine.tensorParallelSize (one GPU per tensor-parallel rank)"),
+    ({"engine": {"tensorParallelSize": 4, "nodes": 2}, "resources": {"gpu": 1}},
+     "resources.gpu must be >= engine.tensorParallelSize / engine.nodes"),
+    ({"engine": {"tensorParallelSize": 4}, "resources": {"gpu": 3}}, "a smaller resources.gpu must divide"),
+    ({"engine": {"tensorParallelSize": 4, "nodes": 3}}, "engine.tensorParallelSize must be divisible by engine.nodes"),
+    ({"engine": {"nodes": 0}}, "spec.engine.nodes: Invalid value"),
+    ({"engine": {"nodes": 65}}, "spec.engine.nodes: Invalid value"),
     ({"engine": {"memoryRatio": 0}}, "spec.engine.memoryRatio: Invalid value"),
     ({"engine": {"memoryRatio": 1.5}}, "spec.engine.memoryRatio: Invalid value"),
     ({"replicas": -1}, "spec.replicas: Invalid value"),
@@ -40,6 +44,13 @@ def test_bad_specs_are_rejected_at_apply_with_a_readable_message(cluster, spec, 
     out = apply(cluster, "bad", **spec)
     assert out.returncode != 0, out.stdout
     assert message in out.stderr, out.stderr
+
+
+def test_multi_node_names_leave_room_for_the_group_pods_names(cluster):
+    out = apply(cluster, "q" * 49, engine={"tensorParallelSize": 16, "nodes": 2})
+    assert out.returncode != 0 and "at most 48 characters with engine.nodes > 1" in out.stderr, out.stderr
+    assert apply(cluster, "q" * 48, engine={"tensorParallelSize": 16, "nodes": 2}).returncode == 0
+    assert apply(cluster, "q" * 63, engine={"tensorParallelSize": 16}).returncode == 0  # nodes unset
 
 
 @pytest.mark.parametrize("name", ["qwen.v2", "9qwen", "q" * 64, "qwen-"])

@@ -32,7 +32,10 @@ def test_cpu_device_needs_no_gpu():
     "bad, words",
     [
         ({"engine": {"tensorParallelSize": 3}}, "tensorParallelSize"),
-        ({"engine": {"tensorParallelSize": 4}, "resources": {"gpu": 2}}, "resources.gpu must be >="),
+        ({"engine": {"tensorParallelSize": 4, "nodes": 2}, "resources": {"gpu": 1}}, "resources.gpu must be >="),
+        ({"engine": {"tensorParallelSize": 4}, "resources": {"gpu": 3}}, "must be a multiple of resources.gpu 3"),
+        ({"engine": {"tensorParallelSize": 4, "nodes": 3}}, "divisible by engine.nodes 3"),
+        ({"engine": {"nodes": 0}}, "engine.nodes must be >= 1"),
         ({"engine": {"memoryRatio": 0}}, "memoryRatio"),
         ({"engine": {"memoryRatio": 1.5}}, "memoryRatio"),
         ({"replicas": -1}, "spec.replicas"),
