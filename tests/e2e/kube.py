@@ -230,7 +230,7 @@ rules:
     def audit_log(self) -> Path:
         return self.dir / "audit.log"
 
-    def start_controllers(self) -> "Cluster":
+    def start_controllers(self, extra: tuple[str, ...] = ()) -> "Cluster":
         """kube-controller-manager; start it after installing CRDs, so that its REST mapper
         knows them from the start (the HPA controller scales custom resources through it)."""
         d = self.dir
@@ -241,7 +241,7 @@ rules:
             f"--service-account-private-key-file={d / 'sa.key'}", f"--root-ca-file={d / 'ca.crt'}",
             "--controllers=deployment-controller,replicaset-controller,garbage-collector-controller,"
             "horizontal-pod-autoscaler-controller,serviceaccount-controller,namespace-controller,"
-            "resourcequota-controller",
+            "resourcequota-controller" + "".join("," + c for c in extra),
             "--horizontal-pod-autoscaler-sync-period=1s", "--concurrent-deployment-syncs=2", "--v=1",
         ])
         return self
@@ -352,7 +352,9 @@ def bind_operator_rbac(cluster: Cluster) -> None:
 
 def install_crd(cluster: Cluster, path: Path) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(path))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(path))
+    # Right after the apply the status may have no conditions yet (kubectl wait then errors): retry.
+    wait_for(lambda: cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(path),
+                                     check=False).returncode == 0, 60, f"CRD {path.name} Established")
 
 
 @pytest.fixture(scope="module")
