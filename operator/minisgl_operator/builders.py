@@ -12,6 +12,7 @@ from minisgl_operator.download import build_download_job
 from minisgl_operator.multinode import build_leader_worker_set, leader_selector, lws_name
 from minisgl_operator.pod import build_pod_template, common_labels, progress_deadline, selector_labels, startup_budget
 from minisgl_operator.rollout import RolloutPlan
+from minisgl_operator.routing import build_inference_pool, build_picker
 from minisgl_operator.spec import WorkerSpec
 
 HPA_METRICS = {"waiting-requests": "minisgl_num_waiting_requests", "kv-usage": "minisgl_kv_cache_usage_ratio"}
@@ -20,7 +21,11 @@ OPTIONAL_KINDS = (
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("inference.networking.k8s.io/v1", "InferencePool"),
 )
+# The endpoint picker's objects (named <name>-epp): deleted when the spec stops asking for them.
+PICKER_KINDS = (("v1", "ConfigMap"), ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
+                ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"), ("v1", "Service"))
 
 
 NAME = "app.kubernetes.io/name"
@@ -197,6 +202,10 @@ def desired_objects(
         objects.append(build_hpa(owner, spec, time_to_ready, model_bytes))
     if spec.service_monitor and service_monitor_available:
         objects.append(build_service_monitor(owner, spec, monitor_labels))
+    if spec.routing is not None:
+        if spec.routing.creates_picker:
+            objects += build_picker(owner.name, owner.namespace, spec.routing, _metadata(owner))
+        objects.append(build_inference_pool(owner.name, spec.routing, _metadata(owner), spec.multi_node))
     return objects
 
 

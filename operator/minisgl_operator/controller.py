@@ -49,7 +49,7 @@ def _api_message(e: ApiException) -> str:
 
 
 def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[[StatusUpdate], None],
-                       default_image: str | None = None) -> StatusUpdate:
+                       default_image: str | None = None, default_epp_image: str | None = None) -> StatusUpdate:
     """Reconcile one MiniSGLDeployment and publish its status (returned too). Raises
     kopf.TemporaryError (retry after its delay) or kopf.PermanentError (wait for the next
     change) after publishing why."""
@@ -61,7 +61,7 @@ def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[
         publish(failed_status(generation, reason, message, status, utc_now()))
 
     try:
-        spec = parse_spec(body.get("spec") or {}, default_image)
+        spec = parse_spec(body.get("spec") or {}, default_image, default_epp_image)
         validate_name(meta["name"], spec)
     except ValueError as e:
         fail("InvalidSpec", str(e))
@@ -88,13 +88,14 @@ def reconcile_resource(body: Mapping, reconciler: Reconciler, publish: Callable[
 class Controller:
     def __init__(self, kube: Kube, reconciler: Reconciler, store: Store, metrics: OperatorMetrics, *,
                  resync_seconds: float, workers: int = 4, default_image: str | None = None,
-                 settle_seconds: float = 2.0) -> None:
+                 settle_seconds: float = 2.0, default_epp_image: str | None = None) -> None:
         self.kube = kube
         self.reconciler = reconciler
         self.store = store
         self.metrics = metrics
         self.resync_seconds = resync_seconds
         self.default_image = default_image
+        self.default_epp_image = default_epp_image
         self.queue: WorkQueue[Key] = WorkQueue()
         self._workers = workers
         self._threads: list[threading.Thread] = []
@@ -170,7 +171,8 @@ class Controller:
 
         try:
             with self.metrics.reconciling():
-                update = reconcile_resource(body, self.reconciler, publish, self.default_image)
+                update = reconcile_resource(body, self.reconciler, publish, self.default_image,
+                                            self.default_epp_image)
             if update.recheck_seconds:
                 self.queue.add(key, update.recheck_seconds)
         except kopf.TemporaryError as e:

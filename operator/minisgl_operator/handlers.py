@@ -35,6 +35,12 @@ CHILDREN = (
     (("monitoring.coreos.com", "v1", "servicemonitors"), "ServiceMonitor"),
     (("batch", "v1", "jobs"), "Job"),
     (("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"), "LeaderWorkerSet"),
+    # spec.routing: the InferencePool and the endpoint picker's own objects.
+    (("inference.networking.k8s.io", "v1", "inferencepools"), "InferencePool"),
+    (("v1", "configmaps"), "ConfigMap"),
+    (("v1", "serviceaccounts"), "ServiceAccount"),
+    (("rbac.authorization.k8s.io", "v1", "roles"), "Role"),
+    (("rbac.authorization.k8s.io", "v1", "rolebindings"), "RoleBinding"),
 )
 POD_WARNINGS = "type=Warning,involvedObject.kind=Pod"
 
@@ -68,7 +74,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         reconciler = Reconciler(kube, memo.store, Options(monitor_labels=dict(config.service_monitor_labels)))
         memo.controller = Controller(kube, reconciler, memo.store, memo.metrics,
                                      resync_seconds=config.resync_seconds, workers=config.workers,
-                                     default_image=config.worker_image)
+                                     default_image=config.worker_image,
+                                     default_epp_image=config.endpoint_picker_image)
         memo.controller.start()
         if config.metrics_port:
             memo.metrics.serve(config.metrics_port)

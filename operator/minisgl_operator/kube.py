@@ -30,6 +30,11 @@ PLURALS = {
     "Namespace": "namespaces",
     "MiniSGLDeployment": "minisgldeployments",
     "LeaderWorkerSet": "leaderworkersets",
+    "InferencePool": "inferencepools",
+    "ConfigMap": "configmaps",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
 }
 
 

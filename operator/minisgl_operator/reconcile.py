@@ -17,8 +17,9 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from minisgl_operator.autoscaling import measured_time_to_ready
-from minisgl_operator.builders import (Owner, build_job, desired_objects, endpoint_url, other_workload_ref, stale_kinds,
-                                       workload_ref)
+from minisgl_operator.builders import (PICKER_KINDS, Owner, build_job, desired_objects, endpoint_url,
+                                       other_workload_ref, stale_kinds, workload_ref)
+from minisgl_operator.routing import epp_name
 from minisgl_operator.multinode import ROLLOUT_DESCRIPTION, WORKER_INDEX_LABEL, lws_as_deployment
 from minisgl_operator.download import DownloadState, download_state, has_finished_pod, reported_model_bytes
 from minisgl_operator.kube import Kube, object_path
@@ -177,6 +178,8 @@ class Reconciler:
             if existing is not None and owned_by(existing, owner.uid):
                 logger.info("deleting %s %s/%s: no longer in the spec", kind, owner.namespace, owner.name)
                 self.kube.delete(object_path(api_version, kind, owner.namespace, owner.name))
+        if spec.routing is None or not spec.routing.creates_picker:
+            self._prune_picker(owner)
         if downloaded:  # one node <-> several: the new workload is applied, the old one goes
             api_version, kind, name = other_workload_ref(owner, spec)
             existing = self.store.get(kind, owner.namespace, name)
@@ -200,6 +203,15 @@ class Reconciler:
             raise kopf.TemporaryError(f"Job {job_name} completed; waiting for its pod's report of the model size",
                                       delay=REPORT_RETRY_SECONDS)
         return None
+
+    def _prune_picker(self, owner: Owner) -> None:
+        """Delete the endpoint picker this resource created, if the cache has any of it."""
+        for api_version, kind in PICKER_KINDS:
+            existing = self.store.get(kind, owner.namespace, epp_name(owner.name))
+            if existing is not None and owned_by(existing, owner.uid):
+                logger.info("deleting %s %s/%s: no endpoint picker in the spec", kind, owner.namespace,
+                            epp_name(owner.name))
+                self.kube.delete(object_path(api_version, kind, owner.namespace, epp_name(owner.name)))
 
     def _prune_old_jobs(self, owner: Owner, spec: WorkerSpec) -> None:
         keep = build_job(owner, spec)["metadata"]["name"]

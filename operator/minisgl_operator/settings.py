@@ -20,6 +20,7 @@ class OperatorConfig:
     worker_image: str | None = None  # spec.image when a resource names none
     service_monitor_labels: tuple[tuple[str, str], ...] = ()  # on every workers' ServiceMonitor
     workers: int = 4  # reconcile threads (one object is never reconciled by two at once)
+    endpoint_picker_image: str | None = None  # spec.routing's picker when it names no image
 
     @property
     def clusterwide(self) -> bool:
@@ -61,6 +62,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
                              "(repeatable; env MINISGL_OPERATOR_SERVICE_MONITOR_LABELS, comma-separated)")
     parser.add_argument("--workers", type=int, default=int(env.get(ENV_PREFIX + "WORKERS", OperatorConfig.workers)),
                         help="reconcile threads (env MINISGL_OPERATOR_WORKERS)")
+    parser.add_argument("--endpoint-picker-image", default=env.get(ENV_PREFIX + "ENDPOINT_PICKER_IMAGE") or None,
+                        help="endpoint picker (EPP) image for spec.routing without endpointPicker.image "
+                             "(env MINISGL_OPERATOR_ENDPOINT_PICKER_IMAGE; default the upstream v1.2.0 image)")
     args = parser.parse_args(argv)
     labels = []
     raw_labels = args.monitor_labels or [x for x in env.get(ENV_PREFIX + "SERVICE_MONITOR_LABELS", "").split(",") if x.strip()]
@@ -90,4 +94,5 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         worker_image=args.worker_image,
         service_monitor_labels=tuple(labels),
         workers=args.workers,
+        endpoint_picker_image=args.endpoint_picker_image,
     )

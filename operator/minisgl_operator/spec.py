@@ -19,6 +19,7 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 STRATEGIES = ("Auto", "RollingUpdate", "Recreate")
 METRICS = ("waiting-requests", "kv-usage")
 DEFAULT_TARGETS = {"waiting-requests": 4.0, "kv-usage": 0.8}
+DEFAULT_EPP_IMAGE = "registry.k8s.io/gateway-api-inference-extension/epp:v1.2.0"
 MANAGED_FLAGS = ("--model-path", "--host", "--port", "--tp-size", "--tensor-parallel-size",
                  "--device")
 
@@ -93,6 +94,7 @@ class WorkerSpec:
     monitor_labels: dict = field(default_factory=dict)
     autoscaling: Autoscaling | None = None
     pod_template: dict | None = None
+    routing: Any = None  # routing.Routing: an InferencePool (and its endpoint picker)
 
     @property
     def served_name(self) -> str:
@@ -162,9 +164,31 @@ def _nodes(raw: Any, tp: int, device: str, gpu: Any) -> int:
     return nodes
 
 
-def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> WorkerSpec:
+def _routing(raw: Mapping | None, default_epp_image: str | None) -> Any:
+    from minisgl_operator.routing import EPP_GRPC_PORT, FAILURE_MODES, Routing
+
+    if raw is None:
+        return None
+    picker = raw.get("endpointPicker") or {}
+    ref = picker.get("serviceRef")
+    if ref is not None and picker.get("image"):
+        raise ValueError("routing.endpointPicker: set serviceRef (an existing picker) or image, not both")
+    if ref is not None and not ref.get("name"):
+        raise ValueError("routing.endpointPicker.serviceRef.name is required")
+    return Routing(
+        failure_mode=_choice(raw.get("failureMode", "FailClose"), FAILURE_MODES, "routing.failureMode"),
+        image=None if ref is not None else (picker.get("image") or default_epp_image or DEFAULT_EPP_IMAGE),
+        replicas=_int(picker.get("replicas", 1), "routing.endpointPicker.replicas", 1),
+        service_ref=None if ref is None else ref["name"],
+        service_port=_int((ref or {}).get("port", EPP_GRPC_PORT), "routing.endpointPicker.serviceRef.port", 1),
+    )
+
+
+def parse_spec(spec: Mapping[str, Any], default_image: str | None = None,
+               default_epp_image: str | None = None) -> WorkerSpec:
     """Turn a MiniSGLDeployment .spec into a WorkerSpec, or raise ValueError saying why not.
-    `default_image` is the operator's configured worker image (the chart's workers.image)."""
+    `default_image` is the operator's configured worker image (the chart's workers.image),
+    `default_epp_image` its endpoint picker image (routing.endpointPickerImage)."""
     image = spec.get("image") or default_image
     if not image:
         raise ValueError("spec.image is required: the operator has no default worker image "
@@ -272,4 +296,5 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None) -> Wor
         monitor_labels=dict(monitoring.get("labels") or {}),
         autoscaling=autoscaling,
         pod_template=spec.get("podTemplate") or None,
+        routing=_routing(spec.get("routing"), default_epp_image),
     )
