@@ -3,6 +3,8 @@ offline LLM (greedy) and Hugging Face transformers (prompt log-probabilities).""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import torch
@@ -156,3 +158,34 @@ def test_generated_logprobs_and_top_logprobs(client, tokenizer, hf_model):
     expected = {tokenizer.decode([i]): v for i, v in zip(top.indices.tolist(),
                                                          top.values.tolist())}
     assert lp.top_logprobs[0] == pytest.approx(expected, abs=2e-4)
+
+
+def test_echo_prompt_positions_carry_top_logprobs(client, tokenizer, hf_model):
+    """lm-eval's is_greedy: each prompt position's top_logprobs, as HF computes them."""
+    ids = tokenizer.encode(PROMPT + " and the cache")
+    r = client.completions.create(model=SERVED_NAME, prompt=ids, max_tokens=0, echo=True,
+                                  logprobs=3, temperature=0)
+    lp = r.choices[0].logprobs
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    for i in range(1, len(ids)):
+        top = torch.topk(ref[i - 1], 3)
+        expected = {tokenizer.decode([t]): v for t, v in zip(top.indices.tolist(),
+                                                             top.values.tolist())}
+        expected.setdefault(tokenizer.decode([ids[i]]), ref[i - 1, ids[i]].item())
+        assert lp.top_logprobs[i] == pytest.approx(expected, abs=2e-4), i
+
+
+def test_streamed_text_offset_counts_the_echo(server):
+    body = {"model": SERVED_NAME, "prompt": PROMPT, "max_tokens": 6, "echo": True, "logprobs": 0,
+            "temperature": 0, "ignore_eos": True}
+    whole = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).json()
+    offsets = []
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**body, "stream": True},
+                      timeout=60) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                lp = json.loads(line[6:])["choices"][0]["logprobs"]
+                offsets += lp["text_offset"] if lp else []
+    assert offsets == whole["choices"][0]["logprobs"]["text_offset"]
+    assert offsets[len(offsets) - 6] >= len(PROMPT)  # generated text starts after the echo

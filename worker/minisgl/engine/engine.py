@@ -33,6 +33,8 @@ class ForwardOutput(NamedTuple):
     top_logprobs: list[list[tuple[int, float]]] | None
     # row index -> logprobs of its prompt tokens computed this step (position p -> token p + 1)
     prompt_logprobs: dict[int, list[float]]
+    # row index -> each of those positions' top-k (id, logprob), for rows asking logprobs=k > 0
+    prompt_top_logprobs: dict[int, list[list[tuple[int, float]]]]
 
 
 class PendingForward:
@@ -58,7 +60,10 @@ class PendingForward:
         if "top_ids" in h:
             top = [list(zip(i, p)) for i, p in zip(h["top_ids"].tolist(), h["top_logprobs"].tolist())]
         prompt = {r: h[f"prompt{r}"].tolist() for r in self._prompt_rows}
-        return ForwardOutput(h["token_ids"].tolist(), logprobs, top, prompt)
+        prompt_top = {r: [list(zip(i, p)) for i, p in zip(h[f"prompt_top_ids{r}"].tolist(),
+                                                           h[f"prompt_top{r}"].tolist())]
+                      for r in self._prompt_rows if f"prompt_top{r}" in h}
+        return ForwardOutput(h["token_ids"].tolist(), logprobs, top, prompt, prompt_top)
 
 
 class Engine:
@@ -172,7 +177,10 @@ class Engine:
             hidden = self.model(batch.input_ids, batch.positions, batch, self.attn)  # [T, hidden]
             last = batch.last_token_index()
             for r in batch.prompt_logprob_rows:
-                prompt_lp[f"prompt{r}"] = self._prompt_logprobs(batch, r, hidden, last[r])
+                lp, top = self._prompt_logprobs(batch, r, hidden, last[r])
+                prompt_lp[f"prompt{r}"] = lp
+                if top is not None:
+                    prompt_lp[f"prompt_top{r}"], prompt_lp[f"prompt_top_ids{r}"] = top
             logits = self.model.logits(hidden[batch.sample_index]) if batch.sample_rows else None
         tensors = dict(prompt_lp)
         if logits is None:
@@ -187,22 +195,33 @@ class Engine:
                 tensors["top_ids"], tensors["top_logprobs"] = out.top_ids, out.top_logprobs
         return PendingForward(tensors, list(batch.prompt_logprob_rows))
 
-    def _prompt_logprobs(self, batch: Batch, r: int, hidden: torch.Tensor, last: int) -> torch.Tensor:
+    def _prompt_logprobs(self, batch: Batch, r: int, hidden: torch.Tensor, last: int
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Logprob of prompt token p + 1 given tokens <= p, for each new position p of row r
-        whose successor is still in the prompt."""
+        whose successor is still in the prompt: [n] f32, and with logprobs k > 0 the top k
+        ([n, k] logprobs, [n, k] ids) at each position, as generated tokens get them."""
         row = batch.rows[r]
+        V = self.model_config.vocab_size
+        k = min(row.params.logprobs or 0, V)
         start = last - batch.extend_lens[r] + 1
         first_pos = batch.prefix_lens[r]
-        n = min(batch.extend_lens[r], len(row.prompt_ids) - 1 - first_pos)
-        if n <= 0:
-            return torch.empty(0, device=self.device)
+        n = max(0, min(batch.extend_lens[r], len(row.prompt_ids) - 1 - first_pos))
         targets = to_device(row.prompt_ids[first_pos + 1 : first_pos + 1 + n], torch.int64, self.device)
-        out = []
+        out = [torch.empty(0, device=self.device)]
+        top_lp = [torch.empty(0, k, device=self.device)]
+        top_ids = [torch.empty(0, k, dtype=torch.int64, device=self.device)]
         for b in range(0, n, PROMPT_LOGPROB_BLOCK):  # bounded [block, vocab] f32 at a time
             logits = self.model.logits(hidden[start + b : start + min(n, b + PROMPT_LOGPROB_BLOCK)])
+            logits = logits[:, :V].float()
             t = targets[b : b + logits.shape[0]].unsqueeze(1)
-            out.append((logits.gather(1, t) - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(1))
-        return torch.cat(out)  # [n] f32
+            norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            out.append((logits.gather(1, t) - norm).squeeze(1))
+            if k:
+                values, ids = logits.topk(k, dim=-1)
+                top_lp.append(values - norm)
+                top_ids.append(ids)
+        top = (torch.cat(top_lp), torch.cat(top_ids)) if k else None
+        return torch.cat(out), top
 
     def shutdown(self) -> None:
         from minisgl.distributed import shutdown

@@ -25,6 +25,7 @@ class ReplyChunk:
     top_logprobs: list[list[tuple[int, float]]] | None = None
     prompt_token_ids: list[int] | None = None
     prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     num_prompt_tokens: int = 0

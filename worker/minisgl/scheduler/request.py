@@ -34,6 +34,7 @@ class Req:
     admitted: bool = False
     first_scheduled_time: float | None = None
     prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     sent_first: bool = False
     finished: bool = False
     finish_reason: str | None = None

@@ -214,6 +214,10 @@ class Scheduler:
                 if req.prompt_logprobs is None:
                     req.prompt_logprobs = [None]
                 req.prompt_logprobs += result.prompt_logprobs[b]
+            if b in result.prompt_top_logprobs:
+                if req.prompt_top_logprobs is None:
+                    req.prompt_top_logprobs = [None]
+                req.prompt_top_logprobs += result.prompt_top_logprobs[b]
             if not was_filled and req.kv_committed >= target:
                 self.cache.cache_prompt(req)
             if b not in sampled:
@@ -245,6 +249,7 @@ class Scheduler:
         if not req.sent_first:
             req.sent_first = True
             out.prompt_logprobs = req.prompt_logprobs
+            out.prompt_top_logprobs = req.prompt_top_logprobs
             if req.first_scheduled_time is not None:
                 out.queue_time_s = max(0.0, req.first_scheduled_time - req.arrival_time)
         return out

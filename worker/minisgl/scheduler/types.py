@@ -11,7 +11,8 @@ class TokenOutput:
 
     `token_id` is None only for an output that carries no new token (abort, or a
     request that ended with max_tokens == 0). `prompt_logprobs` (one float per prompt
-    token, the first None) arrives once, on the request's first output, when asked for.
+    token, the first None) arrives once, on the request's first output, when asked for;
+    with logprobs k > 0 so does `prompt_top_logprobs`, each position's top k (id, logprob).
     `index` is the choice index for n > 1 (uid identifies the user request).
     """
 
@@ -21,6 +22,7 @@ class TokenOutput:
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     num_prompt_tokens: int = 0

@@ -53,6 +53,7 @@ def merge_chunks(chunks: list[ReplyChunk]) -> ReplyChunk:
         "token_ids": [t for c in chunks for t in c.token_ids],
         "logprobs": cat("logprobs"), "top_logprobs": cat("top_logprobs"),
         "prompt_token_ids": first("prompt_token_ids"), "prompt_logprobs": first("prompt_logprobs"),
+        "prompt_top_logprobs": first("prompt_top_logprobs"),
         "queue_time_s": first("queue_time_s")})
 
 

@@ -198,6 +198,8 @@ class ResponseBuilder:
         self.cached_tokens = [0] * len(run.prompts)
         self.prompt_ids: list[list[int] | None] = [None] * len(run.prompts)
         self.prompt_logprobs: list[list | None] = [None] * len(run.prompts)
+        self.prompt_top: list[list | None] = [None] * len(run.prompts)
+        self.echo_lens = [0] * len(run.prompts)  # echoed characters: where a choice's text starts
         self.want_logprobs = run.params.logprobs is not None
 
     def add(self, p: int, chunk) -> int:
@@ -210,6 +212,7 @@ class ResponseBuilder:
             self.prompt_ids[p] = list(chunk.prompt_token_ids)
         if chunk.prompt_logprobs is not None and self.prompt_logprobs[p] is None:
             self.prompt_logprobs[p] = list(chunk.prompt_logprobs)
+            self.prompt_top[p] = chunk.prompt_top_logprobs
         c.text.append(chunk.text)
         c.text_len += len(chunk.text)
         c.token_ids += chunk.token_ids
@@ -229,15 +232,17 @@ class ResponseBuilder:
                 "prompt_tokens_details": {"cached_tokens": sum(self.cached_tokens)}}
 
     def _echo(self, p: int) -> tuple[str, dict | None]:
-        """Prompt text and prompt logprobs block for echo (completions only)."""
+        """Prompt text and prompt logprobs block for echo (completions only); prompt
+        positions carry their top_logprobs like generated ones (lm-eval's is_greedy)."""
         ids = self.prompt_ids[p] or []
         text = self.echo_texts[p] if self.echo_texts else ""
         if not text and ids:
             text = self.fmt.decode(ids)
+        self.echo_lens[p] = len(text)
         lps = self.prompt_logprobs[p]
         if not self.want_logprobs:
             return text, None
-        return text, self.fmt.completion(ids, lps or [None] * len(ids), None, 0)
+        return text, self.fmt.completion(ids, lps or [None] * len(ids), self.prompt_top[p], 0)
 
     def _logprobs(self, idx: int, start: int, offset: int):
         c = self.choices[idx]
@@ -312,7 +317,7 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
         async for p, chunk in run.chunks():
             idx = p * builder.n + chunk.index
             c = builder.choices[idx]
-            start, offset = len(c.token_ids), c.text_len  # offset: text_offset of this chunk
+            start, text_len = len(c.token_ids), c.text_len
             builder.add(p, chunk)
             choices = []
             if idx not in started:
@@ -324,6 +329,7 @@ async def stream_events(builder: ResponseBuilder, include_usage: bool,
                     text, lp = builder._echo(p)
                     choices.append({"index": idx, "text": text, "logprobs": lp,
                                     "finish_reason": None})
+            offset = builder.echo_lens[p] + text_len  # text_offset of this chunk, echo counted
             # A token that ends mid-character has no text yet: send it with the next one.
             has_new = bool(chunk.text or chunk.finished or (builder.want_logprobs and chunk.token_ids))
             if has_new:

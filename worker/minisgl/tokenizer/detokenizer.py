@@ -145,6 +145,7 @@ class DetokenizeManager:
             top_logprobs=[list(out.top_logprobs or [])] if want_logprobs and params.logprobs else None,
             prompt_token_ids=list(req.input_ids) if first else None,
             prompt_logprobs=out.prompt_logprobs if first else None,
+            prompt_top_logprobs=out.prompt_top_logprobs if first else None,
             finished=finished,
             finish_reason=reason,
             num_prompt_tokens=out.num_prompt_tokens or len(req.input_ids),
