@@ -38,6 +38,7 @@ SCENARIOS: dict[str, dict] = {
         "dashboards.annotations": {"example.com/note": "x"},
         "prometheusRule.enabled": True,
         "prometheusRule.labels": {"release": "kube-prometheus-stack"},
+        "routing.endpointPickerImage": "registry.example.com/epp:v1.2.0",
         "prometheusRule.alertLabels": {"team": "inference"},
         "prometheusRule.thresholds.ttftP99Seconds": 2.5,
         "workers.image.repository": "registry.example.com/minisgl-worker",
@@ -194,3 +195,15 @@ def test_prometheus_adapter_rules_serve_the_metrics_the_hpas_ask_for(helm: str) 
     for rule in rules:
         assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
         assert "<<.Series>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+def test_endpoint_picker_image_reaches_the_operator_only_when_set():
+    helm = helm_binary()
+
+    def args(values: dict) -> list[str]:
+        [dep] = by_kind(render(helm, values), "Deployment")
+        return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert not [a for a in args({}) if a.startswith("--endpoint-picker-image")]
+    assert "--endpoint-picker-image=registry.example.com/epp:v1.2.0" in args(
+        {"routing.endpointPickerImage": "registry.example.com/epp:v1.2.0"})

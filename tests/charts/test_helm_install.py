@@ -60,7 +60,7 @@ def test_install_creates_operator_and_admits_the_examples(cluster: Cluster, clus
 
 def test_api_server_refuses_a_spec_with_fewer_gpus_than_tp_ranks(cluster: Cluster, cluster_wide: str) -> None:
     bad = """{"apiVersion": "minisgl.io/v1alpha1", "kind": "MiniSGLDeployment", "metadata": {"name": "bad"},
-              "spec": {"image": "w:1", "model": {"path": "m"}, "engine": {"tensorParallelSize": 2},
+              "spec": {"image": "w:1", "model": {"path": "m"}, "engine": {"tensorParallelSize": 4, "nodes": 2},
                        "resources": {"gpu": 1}}}"""
     out = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-", stdin=bad, check=False)
     assert out.returncode != 0 and "resources.gpu must be >= engine.tensorParallelSize" in out.stderr
