@@ -24,7 +24,7 @@ def crd_schema() -> dict:
 
 def test_examples_exist() -> None:
     assert [p.name for p in EXAMPLES] == ["cached-download.yaml", "deployment.yaml", "minimal.yaml",
-                                          "tp4-autoscaling.yaml"]
+                                          "multi-node-405b.yaml", "routing.yaml", "tp4-autoscaling.yaml"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -60,3 +60,19 @@ def test_tp4_example_autoscales_on_four_gpus_per_pod() -> None:
     spec = parse_spec(doc["spec"])
     assert spec.tp_size == 4 and spec.gpu == 4
     assert spec.autoscaling is not None and spec.autoscaling.max_replicas > spec.autoscaling.min_replicas
+
+
+def test_multi_node_example_spreads_tp16_over_two_eight_gpu_pods() -> None:
+    from minisgl_operator.spec import parse_spec
+
+    doc = yaml.safe_load((REPO / "examples" / "multi-node-405b.yaml").read_text())
+    spec = parse_spec(doc["spec"], default_image="w:1")
+    assert spec.multi_node and spec.nodes == 2 and spec.gpu == 8 and spec.tp_size == 16
+
+
+def test_routing_example_creates_a_pool_and_its_picker() -> None:
+    from minisgl_operator.spec import parse_spec
+
+    doc = yaml.safe_load((REPO / "examples" / "routing.yaml").read_text())
+    spec = parse_spec(doc["spec"], default_image="w:1")
+    assert spec.routing is not None and spec.routing.creates_picker and spec.routing.failure_mode == "FailOpen"
