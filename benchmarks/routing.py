@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import record  # noqa: E402
 
 from tests.e2e.kube import Cluster, find_binaries  # noqa: E402
-from tests.e2e.routing_stack import (EPP_VERSION, RoutingStack, find_envoy, find_epp,  # noqa: E402
-                                     run_workload, shared_prefix_prompts)
+from tests.e2e.routing_stack import EPP_VERSION, RoutingStack, find_envoy, find_epp  # noqa: E402
+from tests.e2e.routing_workload import run_workload, shared_prefix_prompts  # noqa: E402
 from tests.helpers.tiny_model import build_tiny_model  # noqa: E402
 
 

@@ -13,20 +13,18 @@ retry after a connect failure or a reset goes to the next-best replica instead o
 (The EPP's own test manifest uses an ORIGINAL_DST cluster, which takes one endpoint and so cannot
 fail over; `override_host` is what Gateway implementations use for the fallback list.)
 
-Used by tests/e2e/test_routing.py and benchmarks/routing.py.
+Envoy's configuration: routing_envoy.py; the workload: routing_workload.py. Used by
+tests/e2e/test_routing.py and benchmarks/routing.py.
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import httpx
 import yaml
 
 from tests.e2e.kube import REPO, Cluster, Fatal, free_port, install_crd, wait_for
+from tests.e2e.routing_envoy import envoy_config
 
 EPP_VERSION = os.environ.get("MINISGL_EPP_VERSION", "v1.2.0")
 EPP_BUILD_SCRIPT = REPO / ".ci" / "build_epp.sh"
@@ -158,87 +157,6 @@ class Replica:
         return values["minisgl_prefix_cache_hit_tokens_total"], values["minisgl_prefix_cache_query_tokens_total"]
 
 
-def _envoy_config(listen_picker: int, listen_rr: int, admin: int, epp_grpc: int,
-                  replicas: list[tuple[str, int]]) -> dict:
-    def endpoints() -> dict:
-        return {"endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}}
-            for ip, port in replicas]}]}
-
-    # Retry what a dead replica causes before any response byte: the connection refused, or reset.
-    retry = {"retry_on": "connect-failure,reset,refused-stream", "num_retries": len(replicas) - 1}
-
-    def listener(name: str, port: int, cluster: str, ext_proc: bool) -> dict:
-        filters = []
-        if ext_proc:
-            filters.append({
-                "name": "envoy.filters.http.ext_proc",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "ext_proc"}, "timeout": "10s"},
-                    # As the EPP's own manifests: headers sent, bodies streamed full-duplex.
-                    "processing_mode": {
-                        "request_header_mode": "SEND", "response_header_mode": "SEND",
-                        "request_body_mode": "FULL_DUPLEX_STREAMED",
-                        "response_body_mode": "FULL_DUPLEX_STREAMED",
-                        "request_trailer_mode": "SEND", "response_trailer_mode": "SEND"},
-                    "message_timeout": "1000s",
-                    "failure_mode_allow": False}})
-        filters.append({"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-            "suppress_envoy_headers": True}})
-        return {
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                             "http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": name,
-                    "route_config": {"name": name, "virtual_hosts": [{
-                        "name": name, "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {
-                            "cluster": cluster, "timeout": "600s", "retry_policy": retry}}]}]},
-                    "http_filters": filters}}]}]}
-
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [listener("picker", listen_picker, "pool_picked", ext_proc=True),
-                          listener("round_robin", listen_rr, "pool_round_robin", ext_proc=False)],
-            "clusters": [
-                {"name": "pool_picked", "type": "STATIC", "connect_timeout": "2s",
-                 "load_balancing_policy": {"policies": [{"typed_extension_config": {
-                     "name": "envoy.load_balancing_policies.override_host",
-                     "typed_config": {
-                         "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies."
-                                  "override_host.v3.OverrideHost",
-                         "override_host_sources": [
-                             {"header": "x-gateway-destination-endpoint"},
-                             {"metadata": {"key": "envoy.lb",
-                                           "path": [{"key": "x-gateway-destination-endpoint"}]}}],
-                         "fallback_policy": {"policies": [{"typed_extension_config": {
-                             "name": "envoy.load_balancing_policies.round_robin",
-                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions."
-                                                       "load_balancing_policies.round_robin.v3.RoundRobin"}}}]},
-                     }}}]},
-                 "load_assignment": {"cluster_name": "pool_picked", **endpoints()}},
-                {"name": "pool_round_robin", "type": "STATIC", "connect_timeout": "2s",
-                 "lb_policy": "ROUND_ROBIN",
-                 "load_assignment": {"cluster_name": "pool_round_robin", **endpoints()}},
-                {"name": "ext_proc", "type": "STATIC", "connect_timeout": "5s",
-                 "typed_extension_protocol_options": {
-                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                         "explicit_http_config": {"http2_protocol_options": {}}}},
-                 "load_assignment": {"cluster_name": "ext_proc", "endpoints": [{"lb_endpoints": [
-                     {"endpoint": {"address": {"socket_address": {
-                         "address": "127.0.0.1", "port_value": epp_grpc}}}}]}]}},
-            ]},
-    }
-
-
 @dataclass
 class RoutingStack:
     cluster: Cluster
@@ -309,14 +227,14 @@ class RoutingStack:
                f"--grpc-port={self.epp_grpc}", f"--grpc-health-port={health}",
                f"--metrics-port={self.epp_metrics}", "--metrics-endpoint-auth=false",
                "--secure-serving=false", "--tracing=false", "--enable-pprof=false",
-               f"--config-file={config}", "--v=2"]
+               "--refresh-prometheus-metrics-interval=500ms", f"--config-file={config}", "--v=2"]
         self.epp = Proc("epp", cmd, self.workdir / "epp.log")
         self.procs.append(self.epp)
 
     def _start_envoy(self) -> None:
         self.picker_port, self.rr_port, admin = free_port(), free_port(), free_port()
         config = self.workdir / "envoy.yaml"
-        config.write_text(yaml.safe_dump(_envoy_config(
+        config.write_text(yaml.safe_dump(envoy_config(
             self.picker_port, self.rr_port, admin, self.epp_grpc,
             [(r.ip, r.port) for r in self.replicas])))
         cmd = [str(self.envoy_bin), "-c", str(config), "--concurrency", "1", "-l", "warning",
@@ -367,14 +285,18 @@ class RoutingStack:
                 return int(value)
         raise KeyError(name)
 
-    def epp_ready_pods(self) -> int:
-        """The EPP's own gauge of the pool's ready pods."""
+    def epp_metric(self, name: str) -> float | None:
+        """A sample of the EPP's own /metrics (e.g. inference_pool_ready_pods), None if absent."""
         self.epp.check()
         text = httpx.get(f"http://127.0.0.1:{self.epp_metrics}/metrics", timeout=5).text
         for line in text.splitlines():
-            if line.startswith("inference_pool_ready_pods"):
-                return int(float(line.rsplit(" ", 1)[1]))
-        return -1
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def epp_ready_pods(self) -> int:
+        value = self.epp_metric("inference_pool_ready_pods")
+        return -1 if value is None else int(value)
 
     # ---- measurement ---------------------------------------------------------------------
     def prefix_counters(self) -> dict[int, tuple[float, float]]:
@@ -388,81 +310,3 @@ class RoutingStack:
     @property
     def round_robin_url(self) -> str:
         return f"http://127.0.0.1:{self.rr_port}"
-
-
-def shared_prefix_prompts(seed: int, groups: int, per_group: int, prefix_words: int,
-                          question_words: int) -> list[str]:
-    """`groups` long system prompts x `per_group` short questions, shuffled (seeded)."""
-    from tests.helpers.tiny_model import _WORDS
-
-    rng = random.Random(seed)
-    words = [w for w in _WORDS if w.isascii() and w.isalnum()]
-    prefixes = [f"[system {seed}-{g}] " + " ".join(rng.choice(words) for _ in range(prefix_words))
-                for g in range(groups)]
-    prompts = [f"{prefixes[g]}\nQ{i}: " + " ".join(rng.choice(words) for _ in range(question_words))
-               for g in range(groups) for i in range(per_group)]
-    rng.shuffle(prompts)
-    return prompts
-
-
-@dataclass
-class RunResult:
-    ok: int
-    failed: list[str]
-    output_tokens: int
-    seconds: float
-    hit_tokens: float
-    query_tokens: float
-
-    @property
-    def hit_ratio(self) -> float:
-        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.output_tokens / self.seconds if self.seconds else 0.0
-
-    def summary(self) -> dict:
-        return {"requests_ok": self.ok, "requests_failed": len(self.failed),
-                "prefix_hit_ratio": round(self.hit_ratio, 4), "prompt_tokens": int(self.query_tokens),
-                "cached_prompt_tokens": int(self.hit_tokens), "output_tokens": self.output_tokens,
-                "seconds": round(self.seconds, 2), "output_tokens_per_s": round(self.tokens_per_s, 2)}
-
-
-def run_workload(stack: RoutingStack, url: str, prompts: list[str], max_tokens: int, concurrency: int,
-                 during=None) -> RunResult:
-    """Send every prompt as a non-streaming /v1/completions through `url`, `concurrency` at a
-    time; `during(done)` runs in the sending thread after each completed request, while the
-    others stay in flight (the test kills a replica from there)."""
-    before = stack.prefix_counters()
-    lock = threading.Lock()
-    failed: list[str] = []
-    counts = {"ok": 0, "tokens": 0, "done": 0}
-
-    def one(prompt: str) -> None:
-        try:
-            r = httpx.post(f"{url}/v1/completions", timeout=300, json={
-                "model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens,
-                "temperature": 0, "ignore_eos": True})
-            err = "" if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:300]}"
-        except httpx.HTTPError as e:
-            r, err = None, f"{type(e).__name__}: {e}"
-        with lock:
-            counts["done"] += 1
-            done = counts["done"]
-            if err:
-                failed.append(err)
-            else:
-                counts["ok"] += 1
-                counts["tokens"] += r.json()["usage"]["completion_tokens"]
-        if during is not None:
-            during(done)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, prompts))
-    seconds = time.perf_counter() - t0
-    after = stack.prefix_counters()  # a replica killed mid-run drops out of both sums
-    hit = sum(after[i][0] - before[i][0] for i in after if i in before)
-    query = sum(after[i][1] - before[i][1] for i in after if i in before)
-    return RunResult(counts["ok"], failed, counts["tokens"], seconds, hit, query)

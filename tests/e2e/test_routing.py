@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import pytest
 
-from tests.e2e.kube import Cluster, find_binaries, install_crd, required, wait_for  # noqa: F401
-from tests.e2e.routing_stack import (RoutingStack, find_envoy, find_epp, run_workload,
-                                     shared_prefix_prompts)
+from tests.e2e.kube import Cluster, find_binaries, required, wait_for
+from tests.e2e.routing_stack import SERVED_NAME, RoutingStack, find_envoy, find_epp
+from tests.e2e.routing_workload import run_workload, shared_prefix_prompts
 from tests.helpers.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -59,6 +60,21 @@ def test_picker_routes_shared_prefixes_to_one_replica_for_a_higher_hit_ratio(sta
     assert rr.ok == picked.ok == GROUPS * PER_GROUP
     assert rr.query_tokens > 0 and picked.query_tokens > 0
     assert picked.hit_ratio > rr.hit_ratio
+
+
+def test_picker_reads_the_workers_kv_cache_gauge(stack: RoutingStack):
+    """The EPP scrapes each pod's vllm:gpu_cache_usage_perc (its v1.2 default name, no flags):
+    while a long request holds KV pages on one replica, the pool's average it exports moves."""
+    r = stack.replicas[-1]
+    body = {"model": SERVED_NAME, "prompt": "the cache " * 5, "max_tokens": 460, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", f"{r.url}/v1/completions", json=body, timeout=300) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        next(lines)
+        wait_for(lambda: r.metrics()["vllm:gpu_cache_usage_perc"] > 0, 60, "KV pages in use on the replica")
+        wait_for(lambda: (stack.epp_metric("inference_pool_average_kv_cache_utilization") or 0) > 0, 60,
+                 "the EPP's pool-average KV utilization above 0")
 
 
 def test_no_request_fails_when_a_replica_is_killed_mid_run(stack: RoutingStack):
