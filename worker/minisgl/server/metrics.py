@@ -13,6 +13,10 @@ InferencePool of minisgl pods needs no `--*-metric` flags on the EPP (v1.2 defau
 newer vLLM names (`vllm:kv_cache_usage_perc`, `vllm:num_requests_running`,
 `vllm:prefix_cache_{queries,hits}_total`) that vLLM dashboards and other pickers read. A handful
 of series, read from the same stats snapshot: cheaper than a flag and its documentation.
+`vllm:cache_config_info{block_size,num_gpu_blocks}` only when given a page size: the picker's
+prefix index auto-tunes from it (blocks of block_size x 4 characters, at most 256 of them), so a
+page size of 1 would make it look at a prompt's first 1,024 characters only; without it the
+picker keeps its 64-character blocks.
 """
 
 from __future__ import annotations
