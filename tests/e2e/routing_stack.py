@@ -74,8 +74,9 @@ def epp_cache() -> Path:
 
 
 def find_epp(build: bool) -> Path | None:
-    """The EPP binary (building it with .ci/build_epp.sh when `build`), or None if missing."""
-    epp = epp_cache() / "bin" / "epp"
+    """The EPP binary ($MINISGL_EPP, else the build script's cache; built with .ci/build_epp.sh
+    when `build`), or None if missing. Its CRDs are in ../crd next to its bin directory."""
+    epp = Path(os.environ.get("MINISGL_EPP") or epp_cache() / "bin" / "epp")
     if epp.is_file():
         return epp
     if not build:
