@@ -9,6 +9,7 @@ from typing import Mapping, NamedTuple
 from minisgl_operator import GROUP, KIND, VERSION
 from minisgl_operator.autoscaling import hpa_behavior
 from minisgl_operator.download import build_download_job
+from minisgl_operator.keda import build_scaled_object
 from minisgl_operator.multinode import build_leader_worker_set, leader_selector, lws_name
 from minisgl_operator.pod import build_pod_template, common_labels, progress_deadline, selector_labels, startup_budget
 from minisgl_operator.rollout import RolloutPlan
@@ -22,6 +23,7 @@ OPTIONAL_KINDS = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("inference.networking.k8s.io/v1", "InferencePool"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 )
 # The endpoint picker's objects (named <name>-epp): deleted when the spec stops asking for them.
 PICKER_KINDS = (("v1", "ConfigMap"), ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
@@ -186,7 +188,7 @@ def build_job(owner: Owner, spec: WorkerSpec) -> dict:
 def desired_objects(
     owner: Owner, spec: WorkerSpec, plan: RolloutPlan, service_monitor_available: bool,
     monitor_labels: Mapping[str, str] | None = None, downloaded: bool = True, time_to_ready: int | None = None,
-    model_bytes: int | None = None,
+    model_bytes: int | None = None, keda_available: bool = False,
 ) -> list[dict]:
     """Every object this MiniSGLDeployment should own right now, in apply order. While the
     download Job has not finished (`downloaded` False), no Deployment: no pod starts early.
@@ -198,7 +200,10 @@ def desired_objects(
         objects.append(build_workload(owner, spec, plan, offline=spec.download_job, model_bytes=model_bytes))
     if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         objects.append(build_pdb(owner, spec))
-    if spec.autoscaling is not None:
+    if spec.autoscaling is not None and spec.autoscaling.scale_to_zero is not None and keda_available:
+        objects.append(build_scaled_object(owner.name, owner.namespace, spec, _metadata(owner),
+                                           time_to_ready or startup_budget(spec, model_bytes)))
+    elif spec.autoscaling is not None:  # without KEDA, scaleToZero falls back to the HPA (min >= 1)
         objects.append(build_hpa(owner, spec, time_to_ready, model_bytes))
     if spec.service_monitor and service_monitor_available:
         objects.append(build_service_monitor(owner, spec, monitor_labels))

@@ -134,6 +134,13 @@ class Controller:
         if owner:
             self.enqueue((body["involvedObject"]["namespace"], owner))
 
+    def set_keda_api(self, served: bool) -> None:
+        if served != self.reconciler.options.keda_api:
+            logger.info("KEDA ScaledObject API %s", "appeared" if served else "went away")
+            self.reconciler.options.keda_api = served
+            for key in self.store.keys(CR_KIND):
+                self.enqueue(key)
+
     def set_service_monitor_api(self, served: bool) -> None:
         if served != self.reconciler.options.service_monitor_api:
             logger.info("ServiceMonitor API %s", "appeared" if served else "went away")

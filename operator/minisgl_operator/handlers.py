@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MANAGED = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+KEDA_CRD = "scaledobjects.keda.sh"
 # (kopf resource selector, Store kind) of every child the operator watches, all label-selected.
 CHILDREN = (
     (("apps", "v1", "deployments"), "Deployment"),
@@ -37,6 +38,7 @@ CHILDREN = (
     (("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"), "LeaderWorkerSet"),
     # spec.routing: the InferencePool and the endpoint picker's own objects.
     (("inference.networking.k8s.io", "v1", "inferencepools"), "InferencePool"),
+    (("keda.sh", "v1alpha1", "scaledobjects"), "ScaledObject"),
     (("v1", "configmaps"), "ConfigMap"),
     (("v1", "serviceaccounts"), "ServiceAccount"),
     (("rbac.authorization.k8s.io", "v1", "roles"), "Role"),
@@ -104,3 +106,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                    when=lambda name, **_: name == SERVICE_MONITOR_CRD)
     def service_monitor_crd(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:  # noqa: A002
         memo.controller.set_service_monitor_api(type != "DELETED" and _established(body))
+
+    @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", registry=registry, id="keda-crd",
+                   when=lambda name, **_: name == KEDA_CRD)
+    def keda_crd(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:  # noqa: A002
+        memo.controller.set_keda_api(type != "DELETED" and _established(body))

@@ -31,6 +31,7 @@ PLURALS = {
     "MiniSGLDeployment": "minisgldeployments",
     "LeaderWorkerSet": "leaderworkersets",
     "InferencePool": "inferencepools",
+    "ScaledObject": "scaledobjects",
     "ConfigMap": "configmaps",
     "ServiceAccount": "serviceaccounts",
     "Role": "roles",

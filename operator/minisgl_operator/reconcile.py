@@ -70,6 +70,7 @@ def _completed_within(job: Mapping | None, seconds: float) -> bool:
 class Options:
     monitor_labels: dict = field(default_factory=dict)  # put on every ServiceMonitor
     service_monitor_api: bool = False  # monitoring.coreos.com/v1 servicemonitors is served
+    keda_api: bool = False  # keda.sh/v1alpha1 scaledobjects is served (its CRD is Established)
 
 
 class Reconciler:
@@ -161,7 +162,7 @@ class Reconciler:
             plan = self.rollout_plan(owner, spec, current, template_hash)
         monitor_api = self.options.service_monitor_api
         objects = desired_objects(owner, spec, plan, monitor_api, self.options.monitor_labels, downloaded,
-                                  time_to_ready, model_bytes)
+                                  time_to_ready, model_bytes, self.options.keda_api)
         for obj in objects:
             if obj["kind"] == workload_kind:
                 obj["metadata"]["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash}

@@ -39,11 +39,19 @@ class ModelCache:
 
 
 @dataclass(frozen=True)
+class ScaleToZero:
+    prometheus_address: str  # what KEDA queries (http://prometheus.monitoring:9090)
+    idle_seconds: int = 900  # every trigger inactive this long: scale to 0
+    wake_query: str | None = None  # PromQL over requests seen while no replica exists
+
+
+@dataclass(frozen=True)
 class Autoscaling:
     min_replicas: int
     max_replicas: int
     metric: str
     target: float
+    scale_to_zero: ScaleToZero | None = None  # with KEDA: a ScaledObject instead of the HPA
 
 
 @dataclass(frozen=True)
@@ -238,7 +246,15 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None,
         target = float(a.get("target", DEFAULT_TARGETS[metric]))
         if target <= 0:
             raise ValueError(f"autoscaling.target must be > 0, got {target}")
-        autoscaling = Autoscaling(lo, hi, metric, target)
+        zero = None
+        if a.get("scaleToZero"):
+            z = a["scaleToZero"]
+            address = z.get("prometheusAddress") or ""
+            if not address.startswith(("http://", "https://")):
+                raise ValueError(f"autoscaling.scaleToZero.prometheusAddress must be an http(s) URL, got {address!r}")
+            zero = ScaleToZero(address, _int(z.get("idleSeconds", 900), "autoscaling.scaleToZero.idleSeconds", 60),
+                               z.get("wakeQuery") or None)
+        autoscaling = Autoscaling(lo, hi, metric, target, zero)
 
     probes = spec.get("probes") or {}
     shutdown = spec.get("shutdown") or {}

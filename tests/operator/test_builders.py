@@ -158,7 +158,7 @@ def test_pdb_only_with_more_than_one_replica_and_monitor_only_when_its_api_exist
     kinds = [o["kind"] for o in desired_objects(OWNER, one, plan_rollout(one, {}), False)]
     assert kinds == ["Service", "Deployment"]
     assert {k for _, k in stale_kinds([])} == {"PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor",
-                                                 "InferencePool"}
+                                                 "InferencePool", "ScaledObject"}
     kinds = [o["kind"] for o in desired_objects(OWNER, one, plan_rollout(one, {}), True)]
     assert kinds == ["Service", "Deployment", "ServiceMonitor"]
     off = parse_spec({**make_spec(1, False, False, False, False), "monitoring": {"serviceMonitor": False}})
