@@ -286,6 +286,17 @@ class RoutingStack:
                 return int(value)
         raise KeyError(name)
 
+    def envoy_active_requests(self, cluster: str = "pool_picked") -> dict[str, int]:
+        """Upstream host ip -> requests Envoy has in flight to it now (admin /clusters)."""
+        self.envoy.check()
+        text = httpx.get(f"{self.envoy_admin}/clusters", timeout=5).text
+        active = {}
+        for line in text.splitlines():
+            parts = line.split("::")
+            if len(parts) == 4 and parts[0] == cluster and parts[2] == "rq_active":
+                active[parts[1].rsplit(":", 1)[0]] = int(parts[3])
+        return active
+
     def epp_metric(self, name: str) -> float | None:
         """A sample of the EPP's own /metrics (e.g. inference_pool_ready_pods), None if absent."""
         self.epp.check()

@@ -23,7 +23,7 @@ from tests.helpers.tiny_model import build_tiny_model
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 GROUPS, PER_GROUP, PREFIX_WORDS, QUESTION_WORDS, MAX_TOKENS, CONCURRENCY = 4, 6, 120, 6, 4, 3
-KILL_MAX_TOKENS = 48
+KILL_PER_GROUP, KILL_MAX_TOKENS = 3, 160  # requests of seconds: in flight when the replica dies
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,14 @@ def test_picker_reads_the_workers_kv_cache_gauge(stack: RoutingStack):
 
 
 def test_no_request_fails_when_a_replica_is_killed_mid_run(stack: RoutingStack):
-    prompts = shared_prefix_prompts(3, GROUPS, PER_GROUP, PREFIX_WORDS, QUESTION_WORDS)
+    prompts = shared_prefix_prompts(3, GROUPS, KILL_PER_GROUP, PREFIX_WORDS, QUESTION_WORDS)
     killed: list = []
     claim = threading.Lock()
     retries_before = stack.envoy_stat("cluster.pool_picked.upstream_rq_retry")
 
-    def busy():
-        running = {r.index: r.metrics()["minisgl_num_running_requests"] for r in stack.replicas}
-        return next((r for r in stack.replicas if running[r.index] >= 1), None)
+    def busy():  # a replica Envoy has a request in flight to, right now
+        active = stack.envoy_active_requests()
+        return next((r for r in stack.replicas if active.get(r.ip, 0) >= 1), None)
 
     def during(done: int) -> None:
         # One sending thread claims the kill; the others go on sending.
@@ -97,7 +97,6 @@ def test_no_request_fails_when_a_replica_is_killed_mid_run(stack: RoutingStack):
         killed.append(victim)
         stack.delete_pod(victim)  # ... and its Pod goes away, as the node controller would do
 
-    # Longer outputs than above, so requests are in flight when the replica dies.
     result = run_workload(stack, stack.picker_url, prompts, KILL_MAX_TOKENS, CONCURRENCY, during=during)
     assert killed
     assert result.failed == [], result.failed
