@@ -8,8 +8,8 @@ import time
 import pytest
 
 from minisgl.errors import ContextTooLong, ServiceUnavailable
-from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, StatsMsg
-from minisgl.message.tokenizer import AbortMsg, TokenizeMsg
+from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk, StatsMsg
+from minisgl.message.tokenizer import AbortMsg, PingMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import SchedulerStats
 from minisgl.server.endpoints import Endpoints
@@ -18,16 +18,28 @@ from minisgl.utils.zmq import PullQueue, PushQueue
 
 
 class Peer:
-    """Receives what the frontend sends to tokenizer 0 and answers on the frontend socket."""
+    """Receives what the frontend sends to tokenizer 0 and answers on the frontend socket
+    (pings too, for tokenizer 0 and the detokenizer, unless `answer_pings` is off)."""
 
     def __init__(self, endpoints: Endpoints) -> None:
         self.inbox = PullQueue(endpoints.tokenizer(0), bind=True)
         self.outbox = PushQueue(endpoints.frontend, bind=False)
+        self.answer_pings = True
+        self.pings = 0
+
+    def _pong(self, msg: PingMsg) -> None:
+        self.pings += 1
+        if self.answer_pings:
+            for name in ("tokenizer0", "detokenizer"):
+                self.outbox.put(PongMsg(name, msg.seq))
 
     async def next(self):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             msg = self.inbox.get_nowait()
+            if isinstance(msg, PingMsg):
+                self._pong(msg)
+                continue
             if msg is not None:
                 return msg
             await asyncio.sleep(0.005)  # poll interval (the loop must keep running)
@@ -165,3 +177,29 @@ def test_merge_chunks_joins_a_run_of_one_choice_once():
     assert merged == ReplyChunk(1, 0, "abc", [1, 2, 3], prompt_token_ids=[9], finished=True,
                                 finish_reason="length", num_output_tokens=3, queue_time_s=0.5)
     assert merge_chunks(run[:1]) is run[0]
+
+
+def test_a_worker_that_stops_answering_pings_fails_health(tmp_path):
+    async def body(fe, peer):
+        deadline = time.monotonic() + 30
+
+        def serve_once() -> None:  # the scheduler keeps reporting; pings as peer decides
+            peer.outbox.put(StatsMsg(SchedulerStats()))
+            msg = peer.inbox.get_nowait()
+            if isinstance(msg, PingMsg):
+                peer._pong(msg)
+
+        while peer.pings < 2:
+            assert time.monotonic() < deadline
+            serve_once()
+            await asyncio.sleep(0.05)  # poll interval
+        assert fe.health() == (True, "ok")
+        peer.answer_pings = False
+        while fe.health()[0]:
+            assert time.monotonic() < deadline
+            serve_once()
+            await asyncio.sleep(0.05)  # poll interval
+        ok, reason = fe.health()
+        assert not ok and "has not answered a ping" in reason
+
+    _run(tmp_path, body, stuck_timeout_s=1.5)

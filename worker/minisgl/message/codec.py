@@ -20,8 +20,9 @@ from typing import Any, Callable
 import msgpack
 
 from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
-from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, StatsMsg
-from minisgl.message.tokenizer import AbortMsg, BatchTokenOutputMsg, TokenizedMsg, TokenizeMsg
+from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk, StatsMsg
+from minisgl.message.tokenizer import (AbortMsg, BatchTokenOutputMsg, PingMsg, TokenizedMsg,
+                                       TokenizeMsg)
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import SchedulerStats, TokenOutput
 
@@ -35,9 +36,9 @@ MESSAGE_TYPES: dict[str, type] = {
         # backend (scheduler)
         UserMsg, AbortBackendMsg, BatchBackendMsg,
         # tokenizer / detokenizer
-        TokenizeMsg, AbortMsg, TokenizedMsg, BatchTokenOutputMsg,
+        TokenizeMsg, AbortMsg, TokenizedMsg, BatchTokenOutputMsg, PingMsg,
         # frontend (API process)
-        ReplyChunk, BatchReplyMsg, ErrorMsg, StatsMsg,
+        ReplyChunk, BatchReplyMsg, ErrorMsg, StatsMsg, PongMsg,
         # payload types owned by other modules
         SamplingParams, TokenOutput, SchedulerStats,
     )

@@ -83,6 +83,14 @@ class ErrorMsg:
 
 
 @dataclass(frozen=True)
+class PongMsg:
+    """A tokenizer or the detokenizer -> API process: the answer to PingMsg `seq`."""
+
+    name: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class StatsMsg:
     """Scheduler rank 0 -> API process, at least once a second."""
 

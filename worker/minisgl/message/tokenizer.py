@@ -27,6 +27,14 @@ class AbortMsg:
 
 
 @dataclass(frozen=True)
+class PingMsg:
+    """API process -> each tokenizer and the detokenizer, every second: answer with a PongMsg
+    (a worker stuck on something fails /health instead of silently holding requests)."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
 class TokenizedMsg:
     """Tokenizer worker -> detokenizer: register the request, then forward it to the scheduler.
 

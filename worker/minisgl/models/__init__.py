@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from minisgl.distributed import TPGroup
+from minisgl.env import ENV
 from minisgl.models.config import ModelConfig
 
 _ARCHITECTURES = {"llama": "minisgl.models.llama:CausalLM", "qwen2": "minisgl.models.llama:CausalLM",
@@ -54,13 +54,13 @@ def _from_hub(repo_id: str, weights: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = _FILES + (["*.safetensors"] if weights else [])
-    kwargs = dict(allow_patterns=patterns, revision=os.environ.get("MINISGL_MODEL_REVISION"))
+    kwargs = dict(allow_patterns=patterns, revision=ENV.model_revision)
     try:
         return Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
     except Exception:  # not cached (or only partly): download
         pass
     try:
-        local = Path(snapshot_download(repo_id, token=os.environ.get("HF_TOKEN"), **kwargs))
+        local = Path(snapshot_download(repo_id, token=ENV.hf_token, **kwargs))
     except Exception as e:
         raise ValueError(f"--model-path {repo_id!r} is not a local directory and fetching it from "
                          f"the Hugging Face Hub failed: {str(e).splitlines()[0]}") from e

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from minisgl.env import ENV
 from minisgl.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from minisgl.sampling_params import SamplingParams
 from minisgl.server import openai_serving as oai
@@ -375,7 +375,7 @@ def create_app(frontend, args) -> FastAPI:
     app.state.frontend = frontend
     app.state.created = int(time.time())
     app.state.access = AccessControl(
-        getattr(args, "api_key", None) or os.environ.get("MINISGL_API_KEY") or None,
+        getattr(args, "api_key", None) or ENV.api_key,
         getattr(args, "api_key_file", None), getattr(args, "max_queued_requests", None))
     app.state.max_running = getattr(args, "max_running_requests", 256)
     app.state.max_body_bytes = getattr(args, "max_request_bytes", None) or DEFAULT_MAX_BODY_BYTES

@@ -14,9 +14,11 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
+from minisgl.env import ENV
 from minisgl.errors import InvalidRequest, ServiceUnavailable
-from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, StatsMsg, make_chunk
-from minisgl.message.tokenizer import AbortMsg, TokenizeMsg
+from minisgl.message.frontend import (BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk, StatsMsg,
+                                      make_chunk)
+from minisgl.message.tokenizer import AbortMsg, PingMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import SchedulerStats
 from minisgl.server.endpoints import Endpoints
@@ -24,7 +26,7 @@ from minisgl.utils.zmq import AsyncPullQueue, PushQueue
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STUCK_TIMEOUT_S = 60.0
+PING_INTERVAL_S = 1.0  # how often the tokenizers and the detokenizer are asked to answer
 
 
 class _Failed:
@@ -93,13 +95,13 @@ class FrontendManager:
         model_name: str,
         max_model_len: int,
         tokenizer: Any,
-        stuck_timeout_s: float = DEFAULT_STUCK_TIMEOUT_S,
+        stuck_timeout_s: float | None = None,  # None: MINISGL_HEALTH_STALL_TIMEOUT_S (60 s)
     ) -> None:
         self.endpoints = endpoints
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.tokenizer = tokenizer
-        self.stuck_timeout_s = stuck_timeout_s
+        self.stuck_timeout_s = ENV.health_stall_timeout_s if stuck_timeout_s is None else stuck_timeout_s
         self.draining = False
         self.startup_seconds: float | None = None  # process start -> serving (set by launch)
         self.failure: str | None = None
@@ -111,6 +113,8 @@ class FrontendManager:
         self._inbox: AsyncPullQueue | None = None
         self._outboxes: dict[str, PushQueue] = {}
         self._receiver: asyncio.Task | None = None
+        self._pinger: asyncio.Task | None = None
+        self._pong_at: dict[str, float] = {}  # worker name -> when it last answered a ping
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,7 +123,10 @@ class FrontendManager:
             return
         self._inbox = AsyncPullQueue(self.endpoints.frontend, bind=True)
         self._stats_at = time.monotonic()
-        self._receiver = asyncio.get_running_loop().create_task(self._receive_loop(self._inbox))
+        loop = asyncio.get_running_loop()
+        self._receiver = loop.create_task(self._receive_loop(self._inbox))
+        self._pong_at = dict.fromkeys(self._workers(), time.monotonic())
+        self._pinger = loop.create_task(self._ping_loop())
         self._started = True
 
     async def stop(self) -> None:
@@ -127,9 +134,10 @@ class FrontendManager:
             return
         self._started = False
         self._fail_all("the server is shutting down")
-        if self._receiver is not None:
-            self._receiver.cancel()
-            await asyncio.gather(self._receiver, return_exceptions=True)
+        tasks = [t for t in (self._receiver, self._pinger) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for q in (self._inbox, *self._outboxes.values()):
             if q is not None:
                 q.close()
@@ -215,9 +223,13 @@ class FrontendManager:
             return False, self.failure
         if not self._started:
             return False, "not started"
-        silent = time.monotonic() - self._stats_at
+        now = time.monotonic()
+        silent = now - self._stats_at
         if silent > self.stuck_timeout_s:
             return False, f"no word from the scheduler for {silent:.0f}s"
+        for name, at in self._pong_at.items():
+            if now - at > self.stuck_timeout_s:
+                return False, f"{name} has not answered a ping for {now - at:.0f}s"
         stats = self._stats
         stalled = time.time() - stats.last_step_time
         if stats.has_work and stats.last_step_time > 0 and stalled > self.stuck_timeout_s:
@@ -225,6 +237,20 @@ class FrontendManager:
         return True, "ok"
 
     # --- internals ---------------------------------------------------------------------------
+    def _workers(self) -> dict[str, str]:
+        """name -> endpoint of every process that tokenizes or detokenizes."""
+        workers = {f"tokenizer{i}": self.endpoints.tokenizer(i)
+                   for i in range(self.endpoints.num_tokenizer)}
+        workers["detokenizer"] = self.endpoints.detokenizer
+        return workers
+
+    async def _ping_loop(self) -> None:
+        workers = self._workers()
+        for seq in itertools.count():
+            for endpoint in workers.values():
+                self._outbox(endpoint).put(PingMsg(seq))
+            await asyncio.sleep(PING_INTERVAL_S)
+
     def _outbox(self, endpoint: str) -> PushQueue:
         outbox = self._outboxes.get(endpoint)
         if outbox is None:
@@ -257,5 +283,7 @@ class FrontendManager:
             elif isinstance(msg, StatsMsg):
                 self._stats = msg.stats
                 self._stats_at = time.monotonic()
+            elif isinstance(msg, PongMsg):
+                self._pong_at[msg.name] = time.monotonic()
             else:
                 logger.warning("ignoring unexpected %s", type(msg).__name__)

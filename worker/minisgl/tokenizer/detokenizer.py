@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
-from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, make_chunk
-from minisgl.message.tokenizer import AbortMsg, BatchTokenOutputMsg, TokenizedMsg, TokenizeMsg
+from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk, make_chunk
+from minisgl.message.tokenizer import (AbortMsg, BatchTokenOutputMsg, PingMsg, TokenizedMsg,
+                                       TokenizeMsg)
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import TokenOutput
 from minisgl.tokenizer.detokenize import IncrementalDetokenizer, batch_decoder
@@ -209,6 +210,8 @@ def _serve(spec: DetokenizerSpec, ack: Callable[[dict], None], settings: Any) ->
             elif isinstance(msg, ErrorMsg):  # the scheduler rejected a request
                 manager.drop(msg.uid)
                 to_frontend.put(msg)
+            elif isinstance(msg, PingMsg):
+                to_frontend.put(PongMsg("detokenizer", msg.seq))
             else:
                 logger.warning("ignoring unexpected %s", type(msg).__name__)
         if backend:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from minisgl.errors import ContextTooLong, InvalidRequest, MiniSGLError
-from minisgl.message.frontend import ErrorMsg
-from minisgl.message.tokenizer import AbortMsg, TokenizedMsg, TokenizeMsg
+from minisgl.message.frontend import ErrorMsg, PongMsg
+from minisgl.message.tokenizer import AbortMsg, PingMsg, TokenizedMsg, TokenizeMsg
 
 logger = logging.getLogger(__name__)
 
@@ -125,5 +125,7 @@ def _serve(spec: TokenizerSpec, ack: Callable[[dict], None], settings: Any) -> N
                 (to_detok if isinstance(out, TokenizedMsg) else to_frontend).put(out)
             elif isinstance(msg, AbortMsg):
                 to_detok.put(msg)
+            elif isinstance(msg, PingMsg):
+                to_frontend.put(PongMsg(f"tokenizer{spec.rank}", msg.seq))
             else:
                 logger.warning("ignoring unexpected %s", type(msg).__name__)

@@ -1,0 +1,61 @@
+"""Every environment variable the worker reads, typed, in one place.
+
+Read through `ENV.<name>` (each access reads the environment, so tests and child processes
+see changes). A malformed value raises ValueError naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _text(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _number(name: str, default: float, kind: type = float, minimum: float = 0) -> float:
+    raw = _text(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Env:
+    @property
+    def api_key(self) -> str | None:
+        """MINISGL_API_KEY: the one API key clients must send (--api-key wins)."""
+        return _text("MINISGL_API_KEY")
+
+    @property
+    def model_revision(self) -> str | None:
+        """MINISGL_MODEL_REVISION: the Hub revision to download (the operator pins it)."""
+        return _text("MINISGL_MODEL_REVISION")
+
+    @property
+    def hf_token(self) -> str | None:
+        """HF_TOKEN: Hugging Face Hub token for gated models."""
+        return _text("HF_TOKEN")
+
+    @property
+    def health_stall_timeout_s(self) -> float:
+        """MINISGL_HEALTH_STALL_TIMEOUT_S: /health fails when the scheduler, a tokenizer or
+        the detokenizer has not answered for this long (default 60)."""
+        return _number("MINISGL_HEALTH_STALL_TIMEOUT_S", 60.0, float, minimum=0.5)
+
+    @property
+    def shell_max_tokens(self) -> int | None:
+        """MINISGL_SHELL_MAX_TOKENS: the shell's default max_tokens per answer."""
+        raw = _text("MINISGL_SHELL_MAX_TOKENS")
+        return None if raw is None else int(_number("MINISGL_SHELL_MAX_TOKENS", 0, int, 1))
+
+
+ENV = _Env()
