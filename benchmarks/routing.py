@@ -7,7 +7,8 @@ test model on 127.0.0.1..N. Each repeat sends a fresh shared-prefix workload (`g
 prompts x `per_group` questions, shuffled, seed = repeat index, so no repeat reuses another's
 cache) through round-robin, then another through the picker. Reports the replicas' own
 prefix-cache hit ratio (cached prompt tokens / prompt tokens, from their /metrics) and output
-tokens/s, medians over the repeats.
+tokens/s and request latency (non-streaming, so arrival to the whole answer), medians over the
+repeats.
 
   python benchmarks/routing.py                       # writes benchmarks/results/routing-*.json
   python benchmarks/routing.py --repeats 1 --groups 4 --per-group 4 --no-record
@@ -77,7 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
         return round(statistics.median(r[key] for r in runs[mode]), 4)
 
     figures = {mode: {"prefix_hit_ratio": median(mode, "prefix_hit_ratio"),
-                      "output_tokens_per_s": median(mode, "output_tokens_per_s")} for mode in runs}
+                      "output_tokens_per_s": median(mode, "output_tokens_per_s"),
+                      "latency_ms_p50": round(statistics.median(r["latency_ms"]["p50"] for r in runs[mode]), 1),
+                      "latency_ms_p99": round(statistics.median(r["latency_ms"]["p99"] for r in runs[mode]), 1)}
+               for mode in runs}
     result = {
         "benchmark": "routing",
         "model": "tiny-llama (random weights, tests/helpers/tiny_model.py)",

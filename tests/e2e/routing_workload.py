@@ -37,6 +37,7 @@ class RunResult:
     seconds: float
     hit_tokens: float
     query_tokens: float
+    latencies: list[float]  # seconds, successful requests
 
     @property
     def hit_ratio(self) -> float:
@@ -50,7 +51,15 @@ class RunResult:
         return {"requests_ok": self.ok, "requests_failed": len(self.failed),
                 "prefix_hit_ratio": round(self.hit_ratio, 4), "prompt_tokens": int(self.query_tokens),
                 "cached_prompt_tokens": int(self.hit_tokens), "output_tokens": self.output_tokens,
-                "seconds": round(self.seconds, 2), "output_tokens_per_s": round(self.tokens_per_s, 2)}
+                "seconds": round(self.seconds, 2), "output_tokens_per_s": round(self.tokens_per_s, 2),
+                "latency_ms": {"p50": _percentile(self.latencies, 50), "p99": _percentile(self.latencies, 99)}}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))], 1)
 
 
 def run_workload(stack: RoutingStack, url: str, prompts: list[str], max_tokens: int, concurrency: int,
@@ -62,8 +71,10 @@ def run_workload(stack: RoutingStack, url: str, prompts: list[str], max_tokens: 
     lock = threading.Lock()
     failed: list[str] = []
     counts = {"ok": 0, "tokens": 0, "done": 0}
+    latencies: list[float] = []
 
     def one(prompt: str) -> None:
+        start = time.perf_counter()
         try:
             r = httpx.post(f"{url}/v1/completions", timeout=300, json={
                 "model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens,
@@ -79,6 +90,7 @@ def run_workload(stack: RoutingStack, url: str, prompts: list[str], max_tokens: 
             else:
                 counts["ok"] += 1
                 counts["tokens"] += r.json()["usage"]["completion_tokens"]
+                latencies.append(time.perf_counter() - start)
         if during is not None:
             during(done)
 
@@ -89,4 +101,4 @@ def run_workload(stack: RoutingStack, url: str, prompts: list[str], max_tokens: 
     after = stack.prefix_counters()  # a replica killed mid-run drops out of both sums
     hit = sum(after[i][0] - before[i][0] for i in after if i in before)
     query = sum(after[i][1] - before[i][1] for i in after if i in before)
-    return RunResult(counts["ok"], failed, counts["tokens"], seconds, hit, query)
+    return RunResult(counts["ok"], failed, counts["tokens"], seconds, hit, query, latencies)
