@@ -117,40 +117,56 @@ class LLM:
                                          [CompletionOutput(i) for i in range(p.n)])
             order.append(uid)
         params_of = dict(zip(order, params_list))
-        detoks = self._detokenizers(results, params_of)
+        detok = self._detokenize_manager()
+        if detok is not None:  # the server's detokenizer: the same text, stops and aborts
+            from minisgl.message.tokenizer import TokenizedMsg
+
+            for uid in order:
+                detok.register(TokenizedMsg(uid, results[uid].prompt_token_ids, params_of[uid], 0.0))
         live = {(uid, i) for uid in order for i in range(params_of[uid].n)}
         while live:
-            for out in self.scheduler.step():
-                key = (out.uid, out.index)
+            outputs = self.scheduler.step()
+            if detok is None:
+                chunks, aborts = [_raw_chunk(out) for out in outputs], []
+            else:
+                chunks, aborts = detok.process(outputs)
+            for chunk in chunks:
+                key = (chunk.uid, chunk.index)
                 if key not in live:
-                    continue  # a choice already cut by a stop string
-                res = results[out.uid]
-                choice = res.outputs[out.index]
-                if out.prompt_logprobs is not None:
-                    res.prompt_logprobs = out.prompt_logprobs
-                res.num_cached_tokens = max(res.num_cached_tokens, out.num_cached_tokens)
-                new = [] if out.token_id is None else [out.token_id]
-                choice.token_ids += new
-                if out.token_id is not None and out.logprob is not None:
-                    choice.logprobs.append(out.logprob)
-                stopped = False
-                if detoks is not None:
-                    text, stopped = detoks[key].add(new, finished=out.finished)
-                    choice.text += text
-                if stopped or out.finished:
-                    choice.finish_reason = "stop" if stopped else out.finish_reason
+                    continue
+                res = results[chunk.uid]
+                choice = res.outputs[chunk.index]
+                if chunk.prompt_logprobs is not None:
+                    res.prompt_logprobs = chunk.prompt_logprobs
+                res.num_cached_tokens = max(res.num_cached_tokens, chunk.num_cached_tokens)
+                choice.token_ids += chunk.token_ids
+                choice.logprobs += chunk.logprobs or []
+                choice.text += chunk.text
+                if chunk.finished:
+                    choice.finish_reason = chunk.finish_reason
                     live.discard(key)
-                    if stopped and not any((out.uid, i) in live for i in range(len(res.outputs))):
-                        self.scheduler.abort(out.uid)  # free the KV of a request cut by a stop string
+            for uid, index in aborts:  # a choice cut by a stop string stops decoding at once
+                self.scheduler.abort(uid, index)
         while self.scheduler.has_work:  # only abort notices of this call remain
             self.scheduler.step()
         return [results[uid] for uid in order]
 
-    def _detokenizers(self, results: dict, params_of: dict):
-        """One incremental detokenizer per choice (the server's, so text and stop strings agree)."""
+    def _detokenize_manager(self):
+        """The server's DetokenizeManager over this tokenizer (None without a tokenizer)."""
         if self.tokenizer is None:
             return None
-        from minisgl.tokenizer.detokenize import IncrementalDetokenizer
+        from minisgl.tokenizer.detokenizer import DetokenizeManager
 
-        return {(uid, i): IncrementalDetokenizer(self.tokenizer, params_of[uid], res.prompt_token_ids)
-                for uid, res in results.items() for i in range(params_of[uid].n)}
+        return DetokenizeManager(self.tokenizer, self.scheduler.eos_token_ids)
+
+
+def _raw_chunk(out):
+    """A TokenOutput as a text-less ReplyChunk (models without a tokenizer)."""
+    from minisgl.message.frontend import ReplyChunk
+
+    return ReplyChunk(
+        uid=out.uid, index=out.index, text="",
+        token_ids=[] if out.token_id is None else [out.token_id],
+        logprobs=[out.logprob] if out.token_id is not None and out.logprob is not None else None,
+        prompt_logprobs=out.prompt_logprobs, finished=out.finished,
+        finish_reason=out.finish_reason, num_cached_tokens=out.num_cached_tokens)
