@@ -49,6 +49,7 @@ def auto_cuda_graph_max_bs(attention_backend: str) -> int:
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str
+    tokenizer_path: str | None = None  # None: the model directory's (structured output reads it)
     dtype: str = "auto"
     device: str = "cpu"  # "cpu" | "cuda"
     tp_rank: int = 0

@@ -44,6 +44,7 @@ class ServerArgs:
     shell_mode: bool = False
     allowed_origins: tuple[str, ...] = ()  # CORS; empty: no CORS headers
     reasoning_parser: str | None = None  # qwen3 | deepseek_r1: <think> -> reasoning_content
+    tool_call_parser: str | None = None  # hermes | llama3_json | mistral; None: from the template
     chat_template: str | None = None  # a Jinja file (or the template text) replacing the tokenizer's
     nnodes: int = 1  # nodes the tensor-parallel ranks are spread over
     node_rank: int = 0  # 0: the leader (API server + ranks 0..); others run only their ranks
@@ -153,6 +154,7 @@ class ServerArgs:
             max_prefill_length=self.max_prefill_length,
             overlap=False if self.disable_overlap else None,
             nnodes=self.nnodes,
+            tokenizer_path=self.tokenizer_path,
         )
 
 
@@ -247,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CORS: origins browsers may call the API from ('*' for any)")
     s.add_argument("--reasoning-parser", choices=("qwen3", "deepseek_r1"),
                    help="split <think>...</think> into the chat response's reasoning_content")
+    s.add_argument("--tool-call-parser", choices=("hermes", "llama3_json", "mistral"),
+                   help="how `tool_choice: auto` reads tool calls from the model's output "
+                        "(default: what the chat template's markup implies)")
     s.add_argument("--chat-template",
                    help="Jinja chat template file (or template text) replacing the tokenizer's")
     s.add_argument("--api-key-file", metavar="FILE",
