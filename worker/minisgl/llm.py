@@ -66,7 +66,7 @@ class LLM:
                  disable_overlap: bool = False, **kwargs) -> None:
         unknown = set(kwargs) - _CONFIG_FIELDS
         if unknown:
-            valid = sorted(_CONFIG_FIELDS | {"tokenizer_path", "disable_overlap"})
+            valid = sorted(_CONFIG_FIELDS | {"disable_overlap"})
             raise ValueError(f"unknown LLM options {sorted(unknown)}; valid: {valid}")
         from minisgl.scheduler.scheduler import Scheduler
 
@@ -77,7 +77,7 @@ class LLM:
         if disable_overlap:
             kwargs["overlap"] = False
         self.tokenizer_path = tokenizer_path
-        self.config = SchedulerConfig(model_path=model_path, **kwargs)
+        self.config = SchedulerConfig(model_path=model_path, tokenizer_path=tokenizer_path, **kwargs)
         self.scheduler = Scheduler(self.config)
         self._next_uid = 0
 

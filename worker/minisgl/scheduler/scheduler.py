@@ -68,7 +68,7 @@ class Scheduler:
         if self._grammar is None:
             from minisgl.tokenizer.worker import load_tokenizer
 
-            path = getattr(self.config, "tokenizer_path", None) or self.config.model_path
+            path = self.config.tokenizer_path or self.config.model_path
             self._grammar = GrammarBackend(load_tokenizer(path), self.vocab_size,
                                            self.eos_token_ids)
         return self._grammar
