@@ -42,7 +42,7 @@ class _Outcome:
 
 
 def run_worker_node(args: ServerArgs, endpoints: Endpoints, children: Any) -> int:
-    from minisgl.server.launch import StartupError, spawn_schedulers
+    from minisgl.server.children import StartupError, spawn_schedulers
 
     outcome = _Outcome(children)
     for sig in (signal.SIGTERM, signal.SIGINT):
