@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.kube import REPO, Cluster, free_port, install_crd, required, wait_for
+from tests.e2e.kube import REPO, Cluster, free_port, required, wait_for
 
 VERSION = os.environ.get("MINISGL_LWS_VERSION", "v0.7.0")
 MODULE = "sigs.k8s.io/lws"
@@ -72,7 +72,6 @@ class LwsController:
 
     def start(self) -> "LwsController":
         binary = manager_binary()
-        install_crd(self.cluster, crd_path())
         self.dir.mkdir(exist_ok=True)
         certs = self.dir / "certs"
         certs.mkdir(exist_ok=True)
