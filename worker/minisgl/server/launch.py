@@ -68,6 +68,7 @@ class Supervisor:
         self._draining: asyncio.Task | None = None
         self._stopping = False
         self._watching = False
+        self._failure: str | None = None
 
     @property
     def stopping(self) -> bool:
@@ -86,6 +87,9 @@ class Supervisor:
         self._watching = True
         for name, proc in self.children.procs.items():
             loop.add_reader(proc.sentinel, self._on_child_exit, name)
+        if self._failure is not None:  # failed while the app was switching over
+            frontend.mark_failed(self._failure)
+            self._stop(False)
 
     def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._watching:
@@ -101,6 +105,7 @@ class Supervisor:
             return
         logger.error("%s: shutting down", reason)
         self.exit_code = 1
+        self._failure = reason
         if self.frontend is None:
             self.children.abort(reason)
             return
