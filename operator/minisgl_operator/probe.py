@@ -52,7 +52,8 @@ def http_port(pod: Mapping) -> int:
 
 
 def fetch_phase(ip: str, port: int, timeout: float = TIMEOUT_SECONDS) -> str | None:
-    """GET http://ip:port/health -> its "phase", or None (no answer, no phase, not JSON)."""
+    """GET http://ip:port/health -> its "phase" ("ready" when a 200 names none), or None (no
+    answer, an error status, not JSON)."""
     conn = http.client.HTTPConnection(ip, port, timeout=timeout)
     try:
         conn.request("GET", "/health", headers={"Accept": "application/json"})
@@ -60,7 +61,8 @@ def fetch_phase(ip: str, port: int, timeout: float = TIMEOUT_SECONDS) -> str | N
         body = response.read(65536)
         if response.status != 200:
             return None
-        phase = json.loads(body).get("phase")
+        # The start-up app always names its phase; a 200 without one is the serving app: past start-up.
+        phase = json.loads(body).get("phase", "ready")
         return phase if isinstance(phase, str) else None
     except (OSError, ValueError, http.client.HTTPException, AttributeError):
         return None

@@ -85,3 +85,55 @@ def test_at_most_max_pods_are_asked_per_resource(worker):
     pods = [pod(f"p{i}", worker.port) for i in range(3 * MAX_PODS)]
     assert len(prober.phases(pods)) == MAX_PODS
     assert worker.requests == MAX_PODS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_real_workers_health_speaks_the_contract(tmp_path):
+    """fetch_phase against a real CPU `python -m minisgl`: phases only move forward
+    (loading -> warming -> ready) and end at ready when /ready turns 200."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from tests.e2e.kube import free_port
+    from tests.helpers.tiny_model import build_tiny_model
+
+    repo = Path(__file__).resolve().parents[2]
+    model = build_tiny_model(tmp_path / "model", "llama")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "worker"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MINISGL_API_KEY", None)
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "minisgl", "--model-path", str(model), "--device", "cpu",
+                             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    order = ["loading", "warming", "ready"]
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            phase = fetch_phase("127.0.0.1", port, timeout=1.0)
+            if phase is not None and (not seen or seen[-1] != phase):
+                seen.append(phase)
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"worker not ready; phases seen {seen}"
+            time.sleep(0.05)
+        final = fetch_phase("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+    if final is not None and (not seen or seen[-1] != final):
+        seen.append(final)
+    assert seen and seen[-1] == "ready", seen
+    assert all(p in order for p in seen) and seen == sorted(seen, key=order.index), seen
