@@ -127,3 +127,26 @@ def test_leader_refuses_a_mismatched_node_and_fails_when_nodes_do_not_join(tmp_p
     finally:
         bad.close()
         leader.close()
+
+
+def test_killing_rank0_on_node0_takes_node1_down_nonzero(tmp_path, tiny_llama):
+    import os
+
+    from tests.worker.server.test_launch import child_pid
+
+    addr = f"127.0.0.1:{free_port_pair()}"
+    leader = node(tmp_path, 0, addr, "--model-path", tiny_llama, "--tp-size", "2")
+    worker = node(tmp_path, 1, addr, "--model-path", tiny_llama, "--tp-size", "2")
+    try:
+        leader.wait_ready()
+        wait_log(worker, "node 1 of 2 ready")
+        kids = {**descendants(leader.popen.pid), **descendants(worker.popen.pid)}
+        os.kill(child_pid(leader, "scheduler0"), signal.SIGKILL)
+        assert leader.wait_exit(60) == 1
+        assert worker.wait_exit(60) == 1
+        # whichever notices first: the control channel, or rank 1's collective with a dead rank 0
+        assert "ERROR [server] minisgl.distributed.node: node 1 stopping: " in worker.text()
+        assert_no_orphans(kids)
+    finally:
+        worker.close()
+        leader.close()
