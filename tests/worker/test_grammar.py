@@ -118,3 +118,14 @@ def test_numbers_cannot_run_on(backend, tokenizer):
     allowed = _allowed(backend, matcher)
     assert not any(tokenizer.decode([t])[:1].isdigit() for t in allowed if tokenizer.decode([t]))
     assert allowed  # "}" (and whatever else closes the object) is still there
+
+
+def test_batch_fill_matches_one_by_one(backend, tokenizer):
+    grammars = [("choice", json.dumps(["yes", "no"])), ("regex", "[0-9]+"), ("json", "")]
+    matchers = [None] + [backend.matcher(g) for g in grammars] + [None]
+    batched, rows = backend.fill(matchers)
+    assert rows == [1, 2, 3]
+    for i in rows:
+        alone, _ = backend.fill([matchers[i]])
+        assert batched[i].tolist() == alone[0].tolist()
+    assert batched[0].tolist() == batched[4].tolist() == [-1] * batched.shape[1]  # all allowed

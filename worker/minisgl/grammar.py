@@ -128,6 +128,7 @@ class GrammarBackend:
         info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids))
         self.compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
+        self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._lock = threading.Lock()
         self.compile_seconds_total = 0.0
@@ -163,8 +164,11 @@ class GrammarBackend:
         whose matcher is None allow everything) and the constrained rows."""
         bitmask = self._xgr.allocate_token_bitmask(len(matchers), self.vocab_size)
         rows = [i for i, m in enumerate(matchers) if m is not None]
-        for i in rows:
-            matchers[i].fill_next_token_bitmask(bitmask, i)
+        if len(rows) == 1:
+            matchers[rows[0]].fill_next_token_bitmask(bitmask, rows[0])
+        elif rows:  # xgrammar's thread pool: a 150k-vocabulary row costs ~0.1 ms on one core
+            self._batch.batch_fill_next_token_bitmask([matchers[i] for i in rows], bitmask,
+                                                      indices=rows)
         return bitmask, rows
 
     def stats(self) -> dict[str, float]:
