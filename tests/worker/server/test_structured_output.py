@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -163,3 +164,30 @@ def test_logit_bias_forces_and_bans_tokens(server, tokenizer):
     banned = httpx.post(url, json={**body, "temperature": 0, "logit_bias": {str(first): -100}},
                         timeout=60).json()
     assert tokenizer.encode(banned["choices"][0]["text"], add_special_tokens=False)[0] != first
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{"))
+
+
+def test_grammar_metrics_count_compiles_and_cache_hits(server):
+    url = f"{server.base_url}/v1/completions"
+    before = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    regex = r"[a-f]{3}-metrics"  # a grammar no other test compiles
+    for _ in range(2):
+        r = httpx.post(url, json={"prompt": "hi", "max_tokens": 20, "guided_regex": regex}, timeout=60)
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 10
+    while True:  # the scheduler's stats reach the API process within a second
+        after = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+        if _metric(after, "minisgl_grammar_cache_hits_total") >= _metric(
+                before, "minisgl_grammar_cache_hits_total") + 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling interval
+    assert _metric(after, "minisgl_grammar_compiles_total") == _metric(
+        before, "minisgl_grammar_compiles_total") + 1
+    assert _metric(after, "minisgl_grammar_cache_hits_total") >= _metric(
+        before, "minisgl_grammar_cache_hits_total") + 1
+    assert _metric(after, "minisgl_grammar_compile_seconds_total") > _metric(
+        before, "minisgl_grammar_compile_seconds_total")

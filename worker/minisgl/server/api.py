@@ -324,7 +324,7 @@ async def models(request: Request) -> Response:
 async def health(request: Request) -> Response:
     fe = request.app.state.frontend
     ok, reason = fe.health()
-    body = {"status": "ok" if ok else "unhealthy", "timestamp": time.time(),
+    body = {"status": "ok" if ok else "unhealthy", "phase": "ready", "timestamp": time.time(),
             "version": __version__, "model": fe.model_name,
             "startup_seconds": getattr(fe, "startup_seconds", None)}
     if not ok:

@@ -74,6 +74,13 @@ class _SchedulerCollector(Collector):
                     1.0 if self._ready() else 0.0)
         yield counter("minisgl_preemptions", "Requests preempted under KV-cache pressure "
                       "(recomputed later).", s.extra.get("preemptions_total", 0))
+        yield counter("minisgl_grammar_compile_seconds", "Time compiling structured-output "
+                      "grammars (xgrammar), cache misses only.",
+                      s.extra.get("grammar_compile_seconds_total", 0.0))
+        yield counter("minisgl_grammar_compiles", "Structured-output grammars compiled (cache "
+                      "misses).", s.extra.get("grammar_compiles_total", 0))
+        yield counter("minisgl_grammar_cache_hits", "Structured-output requests whose grammar "
+                      "was already compiled.", s.extra.get("grammar_cache_hits_total", 0))
         if self._startup is not None:
             yield gauge("minisgl_startup_seconds", "Process start to serving: model loaded, "
                         "CUDA graphs captured, kernels warmed up (sizes probes and autoscaling).",
