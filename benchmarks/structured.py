@@ -49,9 +49,10 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, nargs=2, default=[32, 128])
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokenizer-path", default=None, help="for config-only --dummy-weight models")
     args = ap.parse_args()
     finish_engine_args(args)
-    llm = build_llm(args)
+    llm = build_llm(args, **({"tokenizer_path": args.tokenizer_path} if args.tokenizer_path else {}))
     reqs = offline_workload(args.num_requests, tuple(args.input_len), (1, 1), 0,
                             args.model_config.vocab_size)
     prompts = [p for p, _ in reqs]
