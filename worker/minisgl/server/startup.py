@@ -83,11 +83,15 @@ class _Lifespan:
             self._started.set_result(None)
         elif kind == "lifespan.startup.failed":
             self._started.set_exception(RuntimeError(message.get("message") or "start-up failed"))
-        elif kind == "lifespan.shutdown.complete":
+        elif kind == "lifespan.shutdown.complete" and not self._stopped.done():
             self._stopped.set_result(None)
         elif kind == "lifespan.shutdown.failed":
-            logger.error("app shutdown failed: %s", message.get("message"))
-            self._stopped.set_result(None)
+            text = message.get("message") or ""
+            # A forced exit (a second Ctrl+C) cancels the lifespan: expected, not an error.
+            log = logger.debug if "CancelledError" in text else logger.error
+            log("app shutdown failed: %s", text)
+            if not self._stopped.done():
+                self._stopped.set_result(None)
 
 
 class SwitchingApp:
