@@ -77,8 +77,8 @@ def step_outputs(reqs: list[tuple[list[int], int]], steps: int, vocab: int) -> l
 
 
 def bench_detok(reqs, steps: int) -> tuple[dict, list[list[ReplyChunk]]]:
-    from minisgl.tokenizer.detokenizer import DetokenizeManager
-    from minisgl.tokenizer.worker import load_tokenizer
+    from minisgl.tokenizer.detokenize import DetokenizeManager
+    from minisgl.tokenizer.tokenize import load_tokenizer
 
     tok = load_tokenizer("demo")
     params = SamplingParams(max_tokens=1 << 20, ignore_eos=True, temperature=0.0)
@@ -159,7 +159,7 @@ def serve_api(directory: str, port: int) -> None:
         gc.disable()
     from minisgl.server.endpoints import Endpoints
     from minisgl.server.frontend import FrontendManager
-    from minisgl.tokenizer.worker import load_tokenizer
+    from minisgl.tokenizer.tokenize import load_tokenizer
 
     frontend = FrontendManager(Endpoints(directory, num_tokenizer=1), "bench", 1 << 20,
                                load_tokenizer("demo"))

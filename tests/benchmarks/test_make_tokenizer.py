@@ -5,7 +5,7 @@ from __future__ import annotations
 from benchmarks.make_tokenizer import make_tokenizer
 from minisgl.sampling_params import SamplingParams
 from minisgl.tokenizer.detokenize import IncrementalDetokenizer
-from minisgl.tokenizer.worker import load_tokenizer
+from minisgl.tokenizer.tokenize import load_tokenizer
 
 
 def test_every_id_decodes_to_text_incrementally(tmp_path):

@@ -86,7 +86,7 @@ class LLM:
         """The model directory's tokenizer, or None when it ships none (config-only
         --dummy-weight models: token-id prompts work, outputs carry no text)."""
         from minisgl.models import TOKENIZER_FILES
-        from minisgl.tokenizer.worker import load_tokenizer
+        from minisgl.tokenizer.tokenize import load_tokenizer
 
         if self.tokenizer_path is not None:
             return load_tokenizer(self.tokenizer_path)
@@ -155,7 +155,7 @@ class LLM:
         """The server's DetokenizeManager over this tokenizer (None without a tokenizer)."""
         if self.tokenizer is None:
             return None
-        from minisgl.tokenizer.detokenizer import DetokenizeManager
+        from minisgl.tokenizer.detokenize import DetokenizeManager
 
         return DetokenizeManager(self.tokenizer, self.scheduler.eos_token_ids)
 

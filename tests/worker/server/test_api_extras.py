@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from minisgl.tokenizer.worker import load_tokenizer
+from minisgl.tokenizer.tokenize import load_tokenizer
 from tests.worker.server.conftest import start_server
 
 ORIGIN = "http://ui.example"

@@ -112,7 +112,7 @@ def test_tokenizer_path_takes_a_tokenizer_only_directory(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(BUILTIN_MODELS["demo"] / name, tmp_path / name)
     a = parse_args(["--model-path", "demo", "--device", "cpu", "--tokenizer-path", str(tmp_path)])
-    from minisgl.tokenizer.worker import load_tokenizer
+    from minisgl.tokenizer.tokenize import load_tokenizer
 
     assert load_tokenizer(a.tokenizer_path).encode("hello") == load_tokenizer("demo").encode("hello")
 

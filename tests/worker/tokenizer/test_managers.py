@@ -7,8 +7,8 @@ from minisgl.message.frontend import ErrorMsg
 from minisgl.message.tokenizer import TokenizedMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import TokenOutput
-from minisgl.tokenizer.detokenizer import DetokenizeManager
-from minisgl.tokenizer.worker import AUTO_MAX_TOKENS, TokenizeManager
+from minisgl.tokenizer.detokenize import DetokenizeManager
+from minisgl.tokenizer.tokenize import AUTO_MAX_TOKENS, TokenizeManager
 
 
 def _msg(prompt, **params) -> TokenizeMsg:

@@ -66,7 +66,7 @@ class Scheduler:
 
     def _grammar_backend(self) -> GrammarBackend:
         if self._grammar is None:
-            from minisgl.tokenizer.worker import load_tokenizer
+            from minisgl.tokenizer.tokenize import load_tokenizer
 
             path = self.config.tokenizer_path or self.config.model_path
             self._grammar = GrammarBackend(load_tokenizer(path), self.vocab_size,

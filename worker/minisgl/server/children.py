@@ -125,8 +125,8 @@ def start_children(args: ServerArgs, endpoints: Endpoints, children: Children) -
     The (de)tokenizers load their tokenizer while the model loads, then wait for rank 0's
     ack info on their `settings` queue before they ack themselves.
     """
-    from minisgl.tokenizer.detokenizer import DetokenizerSpec, detokenizer_main
-    from minisgl.tokenizer.worker import TokenizerSpec, tokenizer_main
+    from minisgl.tokenizer.process import DetokenizerSpec, detokenizer_main
+    from minisgl.tokenizer.process import TokenizerSpec, tokenizer_main
 
     schedulers = spawn_schedulers(args, endpoints, children)
     settings = {"detokenizer": children.ctx.SimpleQueue()}

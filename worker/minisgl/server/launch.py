@@ -162,7 +162,7 @@ class Startup:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="tokenizer-load")
 
     def run(self) -> tuple[dict, Any]:
-        from minisgl.tokenizer.worker import load_tokenizer
+        from minisgl.tokenizer.tokenize import load_tokenizer
 
         args = self.args
         tokenizer = self._loader.submit(load_tokenizer, args.tokenizer_path or args.model_path)

@@ -5,6 +5,10 @@ Decoding token by token is wrong for two reasons: a character may span several t
 add a leading space depending on what precedes a token. So we decode a small sliding window
 (`prefix_offset`..end) and emit only the text beyond what the window's prefix decoded to.
 
+DetokenizeManager runs it for every live request of the detokenizer process (and of `LLM`):
+it registers requests, turns each step's outputs into ReplyChunks in one batched decode, and
+cuts a choice at its stop string.
+
 Stop strings may span tokens: text that could still be the start of a stop string is held
 back until it either completes one (cut there, never emitted unless include_stop_str_in_output)
 or diverges (emitted).
@@ -12,9 +16,14 @@ or diverges (emitted).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+from minisgl.message.backend import UserMsg
+from minisgl.message.frontend import ReplyChunk, make_chunk
+from minisgl.message.tokenizer import TokenizedMsg
 from minisgl.sampling_params import SamplingParams
+from minisgl.scheduler.types import TokenOutput
 
 # Prompt tokens kept as decoding context so the first output token gets its leading space right.
 _PROMPT_CONTEXT = 5
@@ -168,3 +177,136 @@ class IncrementalDetokenizer:
         text = self._text[self._emitted : end]
         self._emitted = max(self._emitted, end)
         return text
+
+
+@dataclass
+class _Choice:
+    detok: IncrementalDetokenizer
+    started: bool = False
+    finished: bool = False
+    cut_by_stop_string: bool = False  # finished here while the scheduler still runs it
+
+
+@dataclass
+class _Request:
+    params: SamplingParams
+    input_ids: list[int]
+    choices: dict[int, _Choice] = field(default_factory=dict)
+    num_finished: int = 0
+
+
+class DetokenizeManager:
+    """Per-request detokenization state; pure (no sockets), so it is unit-testable."""
+
+    def __init__(self, tokenizer: Any, eos_token_ids: list[int] | tuple[int, ...] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self._decode = batch_decoder(tokenizer)
+        self._requests: dict[int, _Request] = {}
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def register(self, msg: TokenizedMsg) -> UserMsg:
+        self._requests[msg.uid] = _Request(msg.params, msg.input_ids)
+        return UserMsg(msg.uid, msg.input_ids, msg.params, msg.arrival_time)
+
+    def drop(self, uid: int) -> bool:
+        """Forget a request; True if it was live (the scheduler must then be told to abort it)."""
+        return self._requests.pop(uid, None) is not None
+
+    def process(self, outputs: list[TokenOutput]
+                ) -> tuple[list[ReplyChunk], list[tuple[int, int | None]]]:
+        """Chunks for the API process, and (uid, choice index) pairs the scheduler must abort:
+        a choice cut by a stop string stops decoding at once, whatever its siblings do.
+
+        Every choice's decode windows of one step go to the tokenizer in one batch call.
+        """
+        chunks: list[ReplyChunk] = []
+        aborts: list[tuple[int, int | None]] = []
+        pending: list[tuple[TokenOutput, _Request, _Choice, tuple | None]] = []
+        seen: set[tuple[int, int]] = set()
+        for out in outputs:
+            req = self._requests.get(out.uid)
+            if req is None:
+                continue  # finished or aborted here already; the scheduler is catching up
+            key = (out.uid, out.index)
+            if key in seen:  # a second output of one choice: settle the first one before it
+                self._settle(pending, chunks, aborts)
+                pending, seen = [], set()
+                if out.uid not in self._requests:
+                    continue
+            seen.add(key)
+            choice = req.choices.get(out.index)
+            if choice is None:
+                choice = req.choices[out.index] = _Choice(
+                    IncrementalDetokenizer(self.tokenizer, req.params, req.input_ids)
+                )
+            if choice.finished:
+                continue
+            pending.append((out, req, choice, choice.detok.feed(self._text_ids(req, out))))
+        self._settle(pending, chunks, aborts)
+        return chunks, aborts
+
+    def _text_ids(self, req: _Request, out: TokenOutput) -> list[int]:
+        if out.token_id is None:
+            return []
+        params = req.params
+        if (
+            out.finished
+            and out.finish_reason == "stop"
+            and not params.include_stop_str_in_output
+            and (out.token_id in self.eos_token_ids or out.token_id in params.stop_token_ids)
+        ):
+            return []  # the stop token itself is not part of the text
+        return [out.token_id]
+
+    def _settle(self, pending: list, chunks: list[ReplyChunk],
+                aborts: list[tuple[int, int | None]]) -> None:
+        texts: list[tuple[str, str] | None] = [None] * len(pending)
+        for skip in (True, False):
+            rows = [i for i, p in enumerate(pending)
+                    if p[3] is not None and p[1].params.skip_special_tokens is skip]
+            if not rows:
+                continue
+            decoded = self._decode([w for i in rows for w in pending[i][3]], skip)
+            for j, i in enumerate(rows):
+                texts[i] = (decoded[2 * j], decoded[2 * j + 1])
+        for (out, req, choice, _), text in zip(pending, texts):
+            chunks.append(self._chunk(req, choice, out, text))
+            if choice.finished:
+                req.num_finished += 1
+                if choice.cut_by_stop_string and not out.finished:
+                    aborts.append((out.uid, None if req.params.n == 1 else out.index))
+                if req.num_finished == req.params.n:
+                    self._requests.pop(out.uid, None)
+
+    def _chunk(self, req: _Request, choice: _Choice, out: TokenOutput,
+               texts: tuple[str, str] | None) -> ReplyChunk:
+        params = req.params
+        text, stopped = choice.detok.settle(texts, finished=out.finished)
+        finished, reason = out.finished, out.finish_reason
+        if stopped:
+            choice.cut_by_stop_string = not out.finished
+            finished, reason = True, "stop"
+        choice.finished = finished
+        first = not choice.started
+        choice.started = True
+        want_logprobs = params.logprobs is not None and out.logprob is not None
+        return make_chunk(
+            uid=out.uid,
+            index=out.index,
+            text=text,
+            token_ids=[] if out.token_id is None else [out.token_id],
+            logprobs=[out.logprob] if want_logprobs else None,
+            top_logprobs=[list(out.top_logprobs or [])] if want_logprobs and params.logprobs else None,
+            prompt_token_ids=list(req.input_ids) if first else None,
+            prompt_logprobs=out.prompt_logprobs if first else None,
+            prompt_top_logprobs=out.prompt_top_logprobs if first else None,
+            finished=finished,
+            finish_reason=reason,
+            num_prompt_tokens=out.num_prompt_tokens or len(req.input_ids),
+            num_cached_tokens=out.num_cached_tokens,
+            num_output_tokens=out.num_output_tokens,
+            queue_time_s=out.queue_time_s if first else None,
+        )

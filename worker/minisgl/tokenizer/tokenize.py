@@ -1,20 +1,19 @@
-"""Tokenizer worker: text or token ids -> validated token ids, before the scheduler sees them.
+"""Tokenization: text or token ids -> validated token ids, before the scheduler sees them.
 
 Validation happens here, early and cheaply: empty prompts, token ids outside the vocabulary,
 and prompt + max_tokens beyond the context come back to the API process as an ErrorMsg.
-With `--num-tokenizer 0` the detokenizer process runs a TokenizeManager itself.
+The processes that run it are in process.py (with `--num-tokenizer 0` the detokenizer does).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from minisgl.errors import ContextTooLong, InvalidRequest, MiniSGLError
-from minisgl.message.frontend import ErrorMsg, PongMsg
-from minisgl.message.tokenizer import AbortMsg, PingMsg, TokenizedMsg, TokenizeMsg
+from minisgl.message.frontend import ErrorMsg
+from minisgl.message.tokenizer import TokenizedMsg, TokenizeMsg
 
 logger = logging.getLogger(__name__)
 
@@ -84,48 +83,3 @@ class TokenizeManager:
         except (MiniSGLError, ValueError, TypeError) as exc:
             logger.info("request %d rejected: %s", msg.uid, exc)
             return ErrorMsg.from_exception(msg.uid, exc)
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """What a tokenizer worker process needs (pickled once by multiprocessing at spawn)."""
-
-    rank: int
-    model_path: str
-    listen: str  # endpoint to bind
-    detokenizer: str
-    frontend: str
-    log_level: str = "info"
-    tokenizer_path: str | None = None  # None: the model's own
-
-
-def tokenizer_main(spec: TokenizerSpec, ack_queue: Any, settings: Any) -> None:
-    """Process entry point (spawn target). `settings` delivers the scheduler's ack info
-    (max_model_len, ...) once rank 0 is up, so we load the tokenizer meanwhile."""
-    from minisgl.utils.proc import run_child
-
-    run_child(f"tokenizer{spec.rank}", ack_queue, spec.log_level,
-              lambda ack: _serve(spec, ack, settings))
-
-
-def _serve(spec: TokenizerSpec, ack: Callable[[dict], None], settings: Any) -> None:
-    from minisgl.utils.zmq import PullQueue, PushQueue
-
-    tokenizer = load_tokenizer(spec.tokenizer_path or spec.model_path)
-    vocab_size = model_vocab_size(spec.model_path)
-    manager = TokenizeManager(tokenizer, int(settings.get()["max_model_len"]), vocab_size)
-    inbox: PullQueue[TokenizeMsg | AbortMsg] = PullQueue(spec.listen, bind=True)
-    to_detok: PushQueue[TokenizedMsg | AbortMsg] = PushQueue(spec.detokenizer, bind=False)
-    to_frontend: PushQueue[ErrorMsg] = PushQueue(spec.frontend, bind=False)
-    ack({})
-    while True:
-        for msg in inbox.drain(timeout=None):
-            if isinstance(msg, TokenizeMsg):
-                out = manager.try_tokenize(msg)
-                (to_detok if isinstance(out, TokenizedMsg) else to_frontend).put(out)
-            elif isinstance(msg, AbortMsg):
-                to_detok.put(msg)
-            elif isinstance(msg, PingMsg):
-                to_frontend.put(PongMsg(f"tokenizer{spec.rank}", msg.seq))
-            else:
-                logger.warning("ignoring unexpected %s", type(msg).__name__)
