@@ -52,6 +52,12 @@ class _Env:
         return _number("MINISGL_HEALTH_STALL_TIMEOUT_S", 60.0, float, minimum=0.5)
 
     @property
+    def startup_gate(self) -> str | None:
+        """MINISGL_STARTUP_GATE (tests): a directory; each start-up phase waits for a file
+        named after it there, so a test sees every phase without timing assumptions."""
+        return _text("MINISGL_STARTUP_GATE")
+
+    @property
     def shell_max_tokens(self) -> int | None:
         """MINISGL_SHELL_MAX_TOKENS: the shell's default max_tokens per answer."""
         raw = _text("MINISGL_SHELL_MAX_TOKENS")

@@ -71,7 +71,7 @@ class Engine:
         self.config = config
         self.device = torch.device("cpu")
         if config.device == "cuda":
-            self.device = torch.device("cuda", config.tp_rank)
+            self.device = torch.device("cuda", config.local_rank)  # multi-node: its GPU on its node
             torch.cuda.set_device(self.device)
         self.tp = init_tp_group(config.tp_rank, config.tp_size, config.dist_init_method, config.device)
         torch.manual_seed(config.seed)  # identical on every rank: unseeded sampling agrees under TP

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import torch
 
 from minisgl.engine.batch import Batch
+from minisgl.env import ENV
 from minisgl.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def begin() -> None:
 
 def hold(phase: str) -> None:
     """Tests only: with MINISGL_STARTUP_GATE=<dir>, wait here until <dir>/<phase> exists."""
-    directory = os.environ.get(GATE_ENV)
+    directory = ENV.startup_gate
     if not directory:
         return
     gate = os.path.join(directory, phase)
