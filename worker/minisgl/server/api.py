@@ -159,6 +159,12 @@ def _run(request: Request, prompts: list, params: SamplingParams, prefix: str) -
                          on_tokens=lambda n: state.access.record_tokens(key, n))
 
 
+async def _respond_openai(request: Request, builder: oai.ResponseBuilder, req) -> Response:
+    """The completions and chat answer: SSE events or one object, both from the builder."""
+    return await _respond(request, builder.run, req.stream,
+                          lambda: _sse_openai(builder, req.stream_options), lambda: _collect(builder))
+
+
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     state = request.app.state
@@ -172,8 +178,7 @@ async def completions(request: Request) -> Response:
     run = _run(request, prompts, params, "cmpl")
     echo = [p if isinstance(p, str) else "" for p in prompts] if req.echo else None
     builder = oai.ResponseBuilder(run, frontend.model_name, False, state.formatter, echo)
-    return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
-                          lambda: _collect(builder))
+    return await _respond_openai(request, builder, req)
 
 
 @router.post("/v1/chat/completions")
@@ -194,8 +199,7 @@ async def chat_completions(request: Request) -> Response:
     builder = oai.ResponseBuilder(run, frontend.model_name, True, state.formatter,
                                   reasoning_parser=state.reasoning_parser, tools=tools,
                                   tool_parser=state.tool_parser)
-    return await _respond(request, run, req.stream, lambda: _sse_openai(builder, req.stream_options),
-                          lambda: _collect(builder))
+    return await _respond_openai(request, builder, req)
 
 
 @router.post("/generate")
