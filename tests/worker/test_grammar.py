@@ -49,7 +49,7 @@ def _allowed(backend, matcher) -> list[int]:
                                                       "unbounded", "json_object"])
 def test_no_raw_control_character_inside_json_strings(backend, tokenizer, schema, prefix):
     grammar = ("json", json.dumps(schema) if schema is not None else "")
-    matcher = backend.matcher(grammar)
+    matcher = backend.matcher(backend.compile(grammar))
     for token in tokenizer.encode(prefix, add_special_tokens=False):
         assert matcher.accept_token(token)
     allowed = _allowed(backend, matcher)
@@ -94,7 +94,7 @@ def test_check_grammar_refuses_bad_shapes(grammar):
 
 
 def test_bitmask_leaves_only_allowed_tokens(backend, tokenizer):
-    matcher = backend.matcher(("choice", json.dumps(["yes", "no"])))
+    matcher = backend.matcher(backend.compile(("choice", json.dumps(["yes", "no"]))))
     logits = torch.randn(3, backend.vocab_size)
     bitmask, _ = backend.fill([None, matcher, None])
     out = apply_bitmask(logits, bitmask, [1])
@@ -107,8 +107,8 @@ def test_bitmask_leaves_only_allowed_tokens(backend, tokenizer):
 
 def test_numbers_cannot_run_on(backend, tokenizer):
     """An unbounded integer stops taking digits at 16: a random model cannot fill max_tokens."""
-    matcher = backend.matcher(("json", json.dumps(
-        {"type": "object", "properties": {"i": {"type": "integer"}}, "required": ["i"]})))
+    matcher = backend.matcher(backend.compile(("json", json.dumps(
+        {"type": "object", "properties": {"i": {"type": "integer"}}, "required": ["i"]}))))
     for token in tokenizer.encode('{"i": -', add_special_tokens=False):
         assert matcher.accept_token(token)
     digits = [t for t in range(backend.vocab_size) if tokenizer.decode([t]) == "7"]
@@ -122,7 +122,7 @@ def test_numbers_cannot_run_on(backend, tokenizer):
 
 def test_batch_fill_matches_one_by_one(backend, tokenizer):
     grammars = [("choice", json.dumps(["yes", "no"])), ("regex", "[0-9]+"), ("json", "")]
-    matchers = [None] + [backend.matcher(g) for g in grammars] + [None]
+    matchers = [None] + [backend.matcher(backend.compile(g)) for g in grammars] + [None]
     batched, rows = backend.fill(matchers)
     assert rows == [1, 2, 3]
     for i in rows:

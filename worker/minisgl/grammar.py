@@ -155,9 +155,9 @@ class GrammarBackend:
         logger.debug("compiled a %s grammar in %.1f ms", grammar[0], elapsed * 1e3)
         return compiled
 
-    def matcher(self, grammar: tuple[str, str]) -> Any:
-        """A fresh matcher (one per choice) at the grammar's start."""
-        return self._xgr.GrammarMatcher(self.compile(grammar))
+    def matcher(self, compiled: Any) -> Any:
+        """A fresh matcher (one per choice) at the start of a compiled grammar."""
+        return self._xgr.GrammarMatcher(compiled)
 
     def fill(self, matchers: Sequence[Any]) -> tuple[Any, list[int]]:
         """Bitmask [len(matchers), ceil(V / 32)] int32 on the host (row i from matcher i; rows

@@ -100,7 +100,7 @@ class Scheduler:
             gen = make_generator(p.seed, self.engine.device) if p.seed is not None else None
             req = Req(uid, i, list(input_ids), p, gen, now, parent=first)
             if compiled is not None:
-                req.matcher = grammar.matcher(params.grammar)
+                req.matcher = grammar.matcher(compiled)
             first = first or req
             self.prefill.add(req)
         self._live_uids.add(uid)
