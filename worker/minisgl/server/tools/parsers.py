@@ -31,14 +31,7 @@ class HermesParser(ToolParser):
         self._after_call = False
         if buf.startswith(self.START, lead):
             return self._block(buf, lead + len(self.START), final)
-        at = buf.find(self.START)
-        if at >= 0:
-            keep = _rstrip_len(buf, at)
-            return keep, [buf[:keep]]
-        if final:
-            return len(buf), [buf]
-        keep = _rstrip_len(buf, len(buf) - _partial_suffix(buf, self.START))
-        return (keep, [buf[:keep]]) if keep else None
+        return _text_before(buf, self.START, final)
 
     def _block(self, buf: str, body: int, final: bool):
         q = _ws_end(buf, body)
@@ -132,14 +125,7 @@ class MistralParser(ToolParser):
             return len(buf), [buf]
         if buf.startswith(self.TAG, lead):
             return self._calls(buf, _ws_end(buf, lead + len(self.TAG)), final)
-        at = buf.find(self.TAG)
-        if at >= 0:
-            keep = _rstrip_len(buf, at)
-            return keep, [buf[:keep]]
-        if final:
-            return len(buf), [buf]
-        keep = _rstrip_len(buf, len(buf) - _partial_suffix(buf, self.TAG))
-        return (keep, [buf[:keep]]) if keep else None
+        return _text_before(buf, self.TAG, final)
 
     def _calls(self, buf: str, q: int, final: bool):
         if q == len(buf) and not final:
@@ -162,6 +148,19 @@ class MistralParser(ToolParser):
         items = obj if isinstance(obj, list) else [obj]
         calls = [call_from_obj(item, ("arguments",), self.names) for item in items]
         return calls if calls and all(calls) else None
+
+
+def _text_before(buf: str, tag: str, final: bool):
+    """buf does not start with tag: its text up to the next tag (or, streaming, up to a possible
+    partial tag at its end) is content, without the whitespace before the tag."""
+    at = buf.find(tag)
+    if at >= 0:
+        keep = _rstrip_len(buf, at)
+        return keep, [buf[:keep]]
+    if final:
+        return len(buf), [buf]
+    keep = _rstrip_len(buf, len(buf) - _partial_suffix(buf, tag))
+    return (keep, [buf[:keep]]) if keep else None
 
 
 PARSERS: dict[str, type[ToolParser]] = {
