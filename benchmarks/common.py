@@ -175,8 +175,11 @@ def engine_record(args: argparse.Namespace) -> dict:
     rec = {k: getattr(args, k) for k in keys}
     import os
 
-    if os.environ.get("MINISGL_FI_DECODE_TC_MIN_BS"):  # the decode-kernel ablation knob
-        rec["env"] = {"MINISGL_FI_DECODE_TC_MIN_BS": os.environ["MINISGL_FI_DECODE_TC_MIN_BS"]}
+    knobs = ("MINISGL_FI_DECODE_TC_MIN_BS", "MINISGL_FI_NO_SPLIT_MIN_BS",
+             "MINISGL_SPLIT_DECODE_MAX_BS")  # the decode-kernel ablation knobs
+    env = {k: os.environ[k] for k in knobs if os.environ.get(k)}
+    if env:
+        rec["env"] = env
     return rec
 
 

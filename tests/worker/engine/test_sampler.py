@@ -197,3 +197,20 @@ def test_token_logprobs_ignore_padded_columns():
     out = token_logprobs(logits, torch.tensor([2, 0]), vocab_size=3)
     expected = torch.log_softmax(logits[:, :3], dim=-1)[[0, 1], [2, 0]]
     assert out.dtype == torch.float32 and torch.allclose(out, expected)
+
+
+def test_two_stage_argmax_equals_argmax_with_ties_and_masked_columns():
+    from minisgl.engine.sampler import _argmax_chunk, two_stage_argmax
+
+    assert _argmax_chunk(128256) == 1002 and _argmax_chunk(151936) == 1187  # Llama 3, Qwen
+    assert _argmax_chunk(65521) == 0  # a prime: no chunking
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4096, generator=g)
+    x[1] = 0.0  # all tied: the first index
+    x[2, 100] = x[2, 3000] = 50.0  # tied across chunks: the earlier one
+    x[3, 5] = x[3, 6] = 50.0  # tied within a chunk
+    x[4, :4000] = float("-inf")  # masked (grammar, top-k): the best of the rest
+    padded = torch.cat([x, torch.full((6, 64), float("-inf"))], dim=1)[:, :4096]  # a strided view
+    for t in (x, padded):
+        assert two_stage_argmax(t, 256).tolist() == t.argmax(dim=-1).tolist()
+    assert two_stage_argmax(x, 256)[1:5].tolist() == [0, 100, 5, x[4, 4000:].argmax().item() + 4000]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from minisgl.attention.base import AttentionBackend
+from minisgl.attention.split_decode import SplitDecode, num_splits
 from minisgl.engine.batch import upload
 from minisgl.engine.state import kv_indices
 
@@ -32,6 +33,29 @@ WORKSPACE_BYTES = 256 << 20
 DECODE_TC_ENV = "MINISGL_FI_DECODE_TC_MIN_BS"
 DECODE_TC_MIN_BS = 1
 _CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)  # the CUDA-core decode kernel dispatches only these
+# Decode batches of at most this many rows run the Triton split-KV kernel
+# (attention/split_decode.py) instead of FlashInfer's; 0 = never.
+SPLIT_DECODE_ENV = "MINISGL_SPLIT_DECODE_MAX_BS"
+SPLIT_DECODE_MAX_BS = 8
+# CUDA-graph decode batches of at least this many rows run FlashInfer's kernel without its KV
+# split: in graph mode FlashInfer always splits (the grid is fixed at capture), and at large
+# batches the split only adds a float32 partial write and a merge kernel per layer.
+NO_SPLIT_ENV = "MINISGL_FI_NO_SPLIT_MIN_BS"
+NO_SPLIT_MIN_BS = 64
+
+
+def _env_batch_size(name: str, default: int) -> int:
+    """A batch-size threshold from the environment (an ablation knob), else default."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"${name} must be a batch size >= 0, got {raw!r}")
+    return value
 
 
 def decode_tc_min_bs(num_heads: int, num_kv_heads: int) -> int:
@@ -41,15 +65,9 @@ def decode_tc_min_bs(num_heads: int, num_kv_heads: int) -> int:
         return 1
     if group < 4:
         return 1 << 30
-    raw = os.environ.get(DECODE_TC_ENV, "").strip()
-    if not raw:
-        return DECODE_TC_MIN_BS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    value = _env_batch_size(DECODE_TC_ENV, DECODE_TC_MIN_BS)
     if value < 1:
-        raise ValueError(f"${DECODE_TC_ENV} must be a batch size >= 1, got {raw!r}")
+        raise ValueError(f"${DECODE_TC_ENV} must be a batch size >= 1, got {value}")
     return value
 
 
@@ -95,6 +113,11 @@ class FlashInferBackend(AttentionBackend):
         self.decode_with_prefill_kernel = decode_with_prefill_kernel
         self.tc_min_bs = decode_tc_min_bs(num_heads, num_kv_heads)
         self.decode = None if decode_with_prefill_kernel else {}  # tensor cores? -> wrapper
+        split_ok = self.decode is not None and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+        self.split_max_bs = _env_batch_size(SPLIT_DECODE_ENV, SPLIT_DECODE_MAX_BS) if split_ok else 0
+        self.no_split_min_bs = max(1, _env_batch_size(NO_SPLIT_ENV, NO_SPLIT_MIN_BS))
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        self._split_eager: dict[int, SplitDecode] = {}
         self.active = None  # wrapper planned for the current step
         self.device = device
         self._graph_indices: torch.Tensor | None = None
@@ -115,11 +138,18 @@ class FlashInferBackend(AttentionBackend):
             self.decode[tc] = self._decode_wrapper(tc)
         return self.decode[tc]
 
-    def _plan(self, wrapper, table: PageTable, decode: bool) -> None:
+    def _split_decode(self, bs: int) -> SplitDecode:
+        return SplitDecode(bs, self.num_heads, self.num_kv_heads, self.head_dim,
+                           num_splits(bs, self.num_kv_heads, self.num_sms), self.device,
+                           self.kv.k.dtype)
+
+    def _plan(self, wrapper, table: PageTable, decode: bool, no_split: bool = False) -> None:
         dtype = self.kv.k.dtype
         common = dict(q_data_type=dtype, kv_data_type=dtype, sm_scale=self.scale)
         self._planned.synchronize()
         if decode and not self.decode_with_prefill_kernel:
+            if no_split:
+                common["disable_split_kv"] = True
             wrapper.plan(table.kv_indptr, table.indices, table.last_page_len, self.num_heads,
                          self.num_kv_heads, self.head_dim, self.page_size, **common)
         else:
@@ -129,13 +159,21 @@ class FlashInferBackend(AttentionBackend):
         self._planned.record()
 
     def prepare(self, batch) -> None:
-        table = build_page_table(batch, self.page_size, self.device)
         decode = batch.phase == "decode"
+        if decode and batch.size <= self.split_max_bs:
+            if batch.size not in self._split_eager:
+                self._split_eager[batch.size] = self._split_decode(batch.size)
+            self.active = self._split_eager[batch.size]
+            self.active.plan(batch)  # no page table: the kernel reads the slot table
+            return
+        table = build_page_table(batch, self.page_size, self.device)
         wrapper = self._decode_for(batch.size) if decode and self.decode is not None else self.prefill
         self._plan(wrapper, table, decode)
         self.active = wrapper
 
     def attend(self, q, layer, batch):
+        if isinstance(self.active, SplitDecode):
+            return self.active.run(q, self.kv.k[layer], self.kv.v[layer], self.scale)
         shape = (-1, self.page_size, self.num_kv_heads, self.head_dim)
         cache = (self.kv.k[layer].view(shape), self.kv.v[layer].view(shape))
         return self.active.run(q.contiguous(), cache)
@@ -143,6 +181,8 @@ class FlashInferBackend(AttentionBackend):
     # ---- CUDA graph support (decode only) ------------------------------------------------
     def graph_wrapper(self, bs: int, max_pages: int):
         """A decode wrapper with fixed buffers for batch size bs, for capture and replay."""
+        if bs <= self.split_max_bs:
+            return self._split_decode(bs)
         if self._graph_indices is None or self._graph_indices.numel() < max_pages:
             # One page-index buffer shared by every captured size (only one replays at a time).
             self._graph_indices = torch.zeros(max_pages, dtype=torch.int32, device=self.device)
@@ -162,8 +202,16 @@ class FlashInferBackend(AttentionBackend):
         return self._decode_wrapper(bs >= self.tc_min_bs, use_cuda_graph=True, **buffers)
 
     def use_graph_wrapper(self, wrapper, batch) -> None:
-        self._plan(wrapper, build_page_table(batch, self.page_size, self.device), decode=True)
         self.active = wrapper
+        if isinstance(wrapper, SplitDecode):
+            wrapper.plan(batch)
+            return
+        # The split choice must be the same at capture and at every replay (batch.size is the
+        # captured size); only the tensor-core kernel's planner takes disable_split_kv.
+        no_split = (batch.size >= self.no_split_min_bs and batch.size >= self.tc_min_bs
+                    and not self.decode_with_prefill_kernel)
+        self._plan(wrapper, build_page_table(batch, self.page_size, self.device), decode=True,
+                   no_split=no_split)
 
 
 def fi(*args, **kwargs) -> FlashInferBackend:

@@ -78,6 +78,43 @@ def filter_logits(
     return logits
 
 
+def _argmax_chunk(vocab: int) -> int:
+    """A divisor of vocab near 1,024 (0 when there is none between 256 and 4,096)."""
+    best = 0
+    for c in range(256, min(vocab, 4096) + 1):
+        if vocab % c == 0 and (best == 0 or abs(c - 1024) < abs(best - 1024)):
+            best = c
+    return best
+
+
+_ARGMAX_CHUNKS: dict[int, int] = {}
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """argmax over the last dim of [B, V] (the first index on ties, as torch.argmax).
+
+    On CUDA a full-vocabulary argmax is one block per row: ~37 us for 128k ids at batch 1
+    (benchmarks/results/profile-*.json), most of a small model's sampling. Two stages — the
+    max of each ~1k-id chunk, then the best chunk — spread it over the whole GPU."""
+    B, V = x.shape
+    if not x.is_cuda or V < 16384 or x.stride(1) != 1:
+        return x.argmax(dim=-1)
+    if V not in _ARGMAX_CHUNKS:
+        _ARGMAX_CHUNKS[V] = _argmax_chunk(V)
+    c = _ARGMAX_CHUNKS[V]
+    if not c:
+        return x.argmax(dim=-1)
+    return two_stage_argmax(x, c)
+
+
+def two_stage_argmax(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """argmax_rows through chunks of `chunk` ids (a divisor of V)."""
+    B, V = x.shape
+    values, index = x.view(B, V // chunk, chunk).max(dim=-1)  # [B, V / chunk] each
+    best = values.argmax(dim=-1, keepdim=True)  # [B, 1]: the first chunk holding the max
+    return (best * chunk + index.gather(1, best)).squeeze(1)
+
+
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """log_softmax(logits[:, :vocab_size]) at token_ids: [N, V_padded], [N] -> [N] float32.
 
@@ -128,7 +165,7 @@ class Sampler:
 
                 adjusted = apply_bitmask(adjusted, bitmask, masked_rows)
         if all_greedy and not (want_logprobs or penalty_rows or min_token_rows):
-            return SamplerOutput(adjusted.argmax(dim=-1), None, None, None)
+            return SamplerOutput(argmax_rows(adjusted), None, None, None)
 
         if penalty_rows:
             adjusted = apply_penalties(adjusted, rows, penalty_rows, self._history)
@@ -136,13 +173,13 @@ class Sampler:
             adjusted = apply_min_tokens(adjusted, rows, min_token_rows, self.eos_token_ids)
 
         if all_greedy:
-            token_ids = adjusted.argmax(dim=-1)
+            token_ids = argmax_rows(adjusted)
         else:
             token_ids = self._sample(adjusted, rows)
             greedy = [p.greedy for p in params]
             if any(greedy):
                 greedy_mask = to_device(greedy, torch.bool, logits.device)
-                token_ids = torch.where(greedy_mask, adjusted.argmax(dim=-1), token_ids)
+                token_ids = torch.where(greedy_mask, argmax_rows(adjusted), token_ids)
 
         if not want_logprobs:
             return SamplerOutput(token_ids, None, None, None)
@@ -181,7 +218,7 @@ class Sampler:
                 _exponential(noise[i], row.generator)
         # Exp(1) can return 0; 0 / 0 would be NaN, which argmax prefers.
         noise.clamp_min_(torch.finfo(torch.float32).tiny)
-        return (probs / noise).argmax(dim=-1)
+        return argmax_rows(probs / noise)
 
 
 def _apply_logit_bias(logits: torch.Tensor, params: Sequence) -> torch.Tensor:

@@ -1,0 +1,71 @@
+"""The Triton split-KV decode kernel equals plain softmax attention over each row's slots.
+
+On a CPU machine the kernel runs under Triton's interpreter (TRITON_INTERPRET=1, set before
+triton is imported, hence a subprocess) in float32 and float16 (the interpreter's bf16
+tl.dot is wrong); bf16 on the GPU is covered by tests/worker/engine/test_gpu_backends.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = r"""
+import json, torch
+from types import SimpleNamespace
+from minisgl.attention.split_decode import SplitDecode, split_decode_reference
+torch.manual_seed(0)
+results = []
+NS, W = 1600, 300
+# (H, Hkv, D): GQA 4 (a [16, D] query tile, 4 rows used), 2 odd heads a KV head, MHA
+for H, HKV, D in [(8, 2, 64), (6, 3, 32), (4, 4, 16)]:
+    for dtype in (torch.float32, torch.float16):
+        k = torch.randn(NS, HKV, D).to(dtype)
+        v = torch.randn(NS, HKV, D).to(dtype)
+        table = torch.randperm(NS)[: 5 * W].view(5, W).to(torch.int32)  # each row its own slots
+        state = torch.tensor([4, 0, 2, 1])
+        seq = torch.tensor([1, 31, 33, 300])  # one token; under, just over one tile; many tiles
+        q = torch.randn(4, H, D).to(dtype)
+        ref = split_decode_reference(q, k, v, table, state, seq, D**-0.5)
+        for splits in (1, 4, 16):  # 16 x 32-token minimum chunks: later splits are empty
+            sd = SplitDecode(4, H, HKV, D, splits, torch.device("cpu"), dtype)
+            sd.plan(SimpleNamespace(size=4, state_slots=state, seq_lens_dev=seq, slot_table=table))
+            out = sd.run(q, k, v, D**-0.5)
+            results.append(dict(heads=[H, HKV, D], dtype=str(dtype), splits=splits,
+                                diff=(out.float() - ref.float()).abs().max().item(),
+                                scale=ref.float().abs().max().item()))
+print(json.dumps(results))
+"""
+
+
+def test_split_decode_matches_reference_under_the_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(results) == 18
+    for r in results:
+        # float16: the kernel rounds the probabilities to fp16 for the P.V product (as
+        # FlashAttention does) and the output once; the reference only the output.
+        tol = 1e-5 if r["dtype"] == "torch.float32" else 4e-3 * max(1.0, r["scale"])
+        assert r["diff"] <= tol, r
+
+
+def test_num_splits_cover_the_gpu_and_stay_bounded():
+    from minisgl.attention.split_decode import MAX_SPLITS, num_splits
+
+    assert num_splits(1, 8, 132) == 32  # 8 KV heads x 32 = 256 programs for 264 slots
+    assert num_splits(4, 8, 132) == 8
+    assert num_splits(1, 1, 132) == MAX_SPLITS
+    assert num_splits(64, 8, 132) == 1
+    for bs in range(1, 40):
+        s = num_splits(bs, 8, 132)
+        assert s & (s - 1) == 0 and 1 <= s <= MAX_SPLITS
+        assert bs * 8 * s <= max(2 * 132, bs * 8)

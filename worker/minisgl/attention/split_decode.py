@@ -1,0 +1,163 @@
+"""Split-KV decode attention in Triton, for small decode batches (the latency path).
+
+At batch 1 FlashInfer's decode kernels give a layer's few hundred cached tokens to one
+program per (KV head, 128-token chunk) plus a merge kernel: ~13 us a layer inside a CUDA
+graph (benchmarks/results/profile-*.json) to read well under a megabyte. Here each row's
+cache is cut into `splits` chunks so that rows x KV heads x splits programs cover the GPU;
+a program reads its chunk once for all query heads of its KV head (one tl.dot tile), and a
+second kernel merges the chunks by their log-sum-exp.
+
+The kernel reads the KV slots straight from the engine's slot table (engine/state.py), so
+it needs no page table: per row only its state slot and sequence length, which live in
+fixed device buffers for CUDA-graph replay. Any page size works (the table holds slots).
+`split_decode_reference` is the same computation in PyTorch (the CPU test runs the kernel
+under Triton's interpreter against it).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+MIN_CHUNK = 32  # tokens: a program's share of a row is at least one key tile
+BLOCK_N = 32  # keys per tl.dot tile
+MAX_SPLITS = 64
+
+
+@functools.cache
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def split_decode_partial(q_ptr, k_ptr, v_ptr, table_ptr, table_stride, state_ptr, seq_ptr,
+                             part_o_ptr, part_lse_ptr, sm_scale,
+                             H: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
+                             GP: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
+                             BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        s = tl.program_id(2)
+        seq = tl.load(seq_ptr + b).to(tl.int32)
+        row = tl.load(state_ptr + b).to(tl.int64)
+        chunk = tl.maximum(tl.cdiv(seq, S), MIN_CHUNK)
+        lo = s * chunk
+        hi = tl.minimum(lo + chunk, seq)
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        heads = kvh * GROUP + g
+        gmask = g < GROUP
+        q = tl.load(q_ptr + (b * H + heads)[:, None] * D + d[None, :], mask=gmask[:, None],
+                    other=0.0)  # [GP, D]
+        m_i = tl.full([GP], float("-inf"), tl.float32)
+        l_i = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        for start in range(lo, hi, BLOCK_N):
+            n = start + tl.arange(0, BLOCK_N)
+            nmask = n < hi
+            slot = tl.load(table_ptr + row * table_stride + n, mask=nmask, other=0).to(tl.int64)
+            offs = slot[:, None] * (HKV * D) + kvh * D + d[None, :]  # [BLOCK_N, D]
+            k = tl.load(k_ptr + offs, mask=nmask[:, None], other=0.0)
+            v = tl.load(v_ptr + offs, mask=nmask[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k)) * sm_scale  # [GP, BLOCK_N] f32
+            qk = tl.where(nmask[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(qk - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        empty = l_i == 0.0  # a split past the row's end
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+        base = (b * H + heads) * S + s  # [GP]
+        tl.store(part_o_ptr + base[:, None] * D + d[None, :], out, mask=gmask[:, None])
+        tl.store(part_lse_ptr + base, lse, mask=gmask)
+
+    @triton.jit
+    def split_decode_merge(part_o_ptr, part_lse_ptr, out_ptr, H: tl.constexpr,
+                           D: tl.constexpr, S: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        sidx = tl.arange(0, S)
+        d = tl.arange(0, D)
+        base = (b * H + h) * S
+        lse = tl.load(part_lse_ptr + base + sidx)  # [S]; the first split is never empty
+        w = tl.exp(lse - tl.max(lse, 0))
+        o = tl.load(part_o_ptr + (base + sidx)[:, None] * D + d[None, :])  # [S, D]
+        merged = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+        tl.store(out_ptr + (b * H + h) * D + d, merged.to(out_ptr.dtype.element_ty))
+
+    return split_decode_partial, split_decode_merge
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << max(0, n.bit_length() - 1)
+
+
+def num_splits(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
+    """Chunks per row so that rows x KV heads x chunks is about two programs an SM."""
+    return max(1, min(MAX_SPLITS, _pow2_floor(2 * num_sms // max(1, batch_size * num_kv_heads))))
+
+
+class SplitDecode:
+    """Decode attention state for a batch of `batch_size` rows: fixed device buffers (the
+    rows' state slots and sequence lengths, the partial results), so that a CUDA graph can
+    capture `run` once and replay it after `plan` has copied in a new batch."""
+
+    def __init__(self, batch_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 splits: int, device: torch.device, dtype: torch.dtype) -> None:
+        if num_heads % num_kv_heads:
+            raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
+        if head_dim & (head_dim - 1) or head_dim < 16:
+            raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
+        self.batch_size, self.splits = batch_size, splits
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.state_slots = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.seq_lens = torch.ones(batch_size, dtype=torch.int64, device=device)
+        self.part_o = torch.empty(batch_size, num_heads, splits, head_dim, dtype=torch.float32,
+                                  device=device)
+        self.part_lse = torch.empty(batch_size, num_heads, splits, dtype=torch.float32,
+                                    device=device)
+        self.out = torch.empty(batch_size, num_heads, head_dim, dtype=dtype, device=device)
+        self.slot_table: torch.Tensor | None = None
+
+    def plan(self, batch) -> None:
+        """Copy the batch's rows into the fixed buffers (device to device, no host sync)."""
+        if batch.size != self.batch_size:
+            raise ValueError(f"planned for {self.batch_size} rows, got a batch of {batch.size}")
+        self.state_slots.copy_(batch.state_slots)
+        self.seq_lens.copy_(batch.seq_lens_dev)
+        self.slot_table = batch.slot_table
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            sm_scale: float) -> torch.Tensor:
+        """q [B, H, D]; k_cache, v_cache [num_slots, Hkv, D] -> [B, H, D] (self.out)."""
+        partial, merge = _kernels()
+        group = self.num_heads // self.num_kv_heads
+        table = self.slot_table
+        partial[(self.batch_size, self.num_kv_heads, self.splits)](
+            q.contiguous(), k_cache, v_cache, table, table.stride(0), self.state_slots,
+            self.seq_lens, self.part_o, self.part_lse, sm_scale,
+            H=self.num_heads, HKV=self.num_kv_heads, GROUP=group, GP=max(16, 1 << (group - 1).bit_length()),
+            D=self.head_dim, S=self.splits, BLOCK_N=BLOCK_N, MIN_CHUNK=MIN_CHUNK)
+        merge[(self.batch_size, self.num_heads)](
+            self.part_o, self.part_lse, self.out, H=self.num_heads, D=self.head_dim, S=self.splits)
+        return self.out
+
+
+def split_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           slot_table: torch.Tensor, state_slots: torch.Tensor,
+                           seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """Plain softmax attention of each row's one query over its cached positions (float32)."""
+    B, H, D = q.shape
+    hkv = k_cache.shape[1]
+    out = torch.empty(B, H, D, dtype=q.dtype)
+    for b in range(B):
+        slots = slot_table[int(state_slots[b]), : int(seq_lens[b])].long()
+        k = k_cache[slots].float().repeat_interleave(H // hkv, dim=1)  # [L, H, D]
+        v = v_cache[slots].float().repeat_interleave(H // hkv, dim=1)
+        scores = torch.einsum("hd,lhd->hl", q[b].float(), k) * sm_scale
+        out[b] = torch.einsum("hl,lhd->hd", scores.softmax(-1), v).to(q.dtype)
+    return out
