@@ -42,6 +42,7 @@ def graph_us(attn, bs: int, ctx: int, layers: int, variant: str) -> tuple[float,
                   state_slots=torch.arange(bs, device="cuda"),
                   seq_lens_dev=torch.full((bs,), ctx, device="cuda"), slot_table=table)
     attn.split_max_bs = bs if variant == "triton-split" else 0
+    attn.split_from_bs = 0
     attn.no_split_min_bs = 1 if variant == "fi-nosplit" else 1 << 30
     wrapper = attn.graph_wrapper(bs, bs * ctx + 1)
     attn.use_graph_wrapper(wrapper, batch)

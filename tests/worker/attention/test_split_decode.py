@@ -33,11 +33,13 @@ for H, HKV, D in [(8, 2, 64), (6, 3, 32), (4, 4, 16)]:
         seq = torch.tensor([1, 31, 33, 300])  # one token; under, just over one tile; many tiles
         q = torch.randn(4, H, D).to(dtype)
         ref = split_decode_reference(q, k, v, table, state, seq, D**-0.5)
-        for splits in (1, 4, 16):  # 16 x 32-token minimum chunks: later splits are empty
-            sd = SplitDecode(4, H, HKV, D, splits, torch.device("cpu"), dtype)
+        # 16 x 32-token minimum chunks: later splits are empty; (4, 128): the large-batch
+        # shape, where rows up to the minimum chunk are one split written without a merge
+        for splits, min_chunk in ((1, 32), (4, 32), (16, 32), (4, 128)):
+            sd = SplitDecode(4, H, HKV, D, splits, torch.device("cpu"), dtype, min_chunk)
             sd.plan(SimpleNamespace(size=4, state_slots=state, seq_lens_dev=seq, slot_table=table))
             out = sd.run(q, k, v, D**-0.5)
-            results.append(dict(heads=[H, HKV, D], dtype=str(dtype), splits=splits,
+            results.append(dict(heads=[H, HKV, D], dtype=str(dtype), splits=[splits, min_chunk],
                                 diff=(out.float() - ref.float()).abs().max().item(),
                                 scale=ref.float().abs().max().item()))
 print(json.dumps(results))
@@ -50,7 +52,7 @@ def test_split_decode_matches_reference_under_the_triton_interpreter():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(results) == 18
+    assert len(results) == 24
     for r in results:
         # float16: the kernel rounds the probabilities to fp16 for the P.V product (as
         # FlashAttention does) and the output once; the reference only the output.
@@ -59,7 +61,8 @@ def test_split_decode_matches_reference_under_the_triton_interpreter():
 
 
 def test_num_splits_cover_the_gpu_and_stay_bounded():
-    from minisgl.attention.split_decode import MAX_SPLITS, num_splits
+    from minisgl.attention.split_decode import (LARGE_SPLITS, LONG_CHUNK, MAX_SPLITS, MIN_CHUNK,
+                                                num_splits, split_shape)
 
     assert num_splits(1, 8, 132) == 32  # 8 KV heads x 32 = 256 programs for 264 slots
     assert num_splits(4, 8, 132) == 8
@@ -69,3 +72,5 @@ def test_num_splits_cover_the_gpu_and_stay_bounded():
         s = num_splits(bs, 8, 132)
         assert s & (s - 1) == 0 and 1 <= s <= MAX_SPLITS
         assert bs * 8 * s <= max(2 * 132, bs * 8)
+    assert split_shape(1, 8, 132) == (32, MIN_CHUNK)
+    assert split_shape(64, 8, 132) == (LARGE_SPLITS, LONG_CHUNK)  # only long rows split

@@ -158,34 +158,37 @@ def gqa4_references(gqa4_model):
     return score
 
 
-@pytest.mark.parametrize("tc_min_bs,split_max_bs,no_split_min_bs", [
-    ("1", "0", "1"),  # FlashInfer's tensor-core kernel everywhere, unsplit in every graph
-    ("9", "8", "64"),  # Triton split-KV in the graphs, CUDA-core then tensor-core past them
-    ("1000000", "0", "64"),  # the CUDA-core kernel everywhere
-    ("1", "20", "64"),  # Triton split-KV everywhere, graphs and eager
+@pytest.mark.parametrize("tc_min_bs,split_max_bs,split_from_bs,no_split_min_bs", [
+    ("1", "0", "0", "1"),  # FlashInfer's tensor-core kernel everywhere, unsplit in every graph
+    ("9", "8", "64", "64"),  # the defaults' shape: Triton in the graphs, FlashInfer past them
+    ("1000000", "0", "0", "64"),  # the CUDA-core kernel everywhere
+    ("1", "0", "3", "64"),  # Triton from 3 rows (graphs and eager), FlashInfer at 1-2
 ])
 def test_decode_kernels_match_float32_reference(gqa4_model, gqa4_references, monkeypatch,
-                                                tc_min_bs, split_max_bs, no_split_min_bs):
+                                                tc_min_bs, split_max_bs, split_from_bs,
+                                                no_split_min_bs):
     """Every decode kernel, chosen by batch size — FlashInfer's CUDA-core and tensor-core
     kernels ($MINISGL_FI_DECODE_TC_MIN_BS), split or not in a graph
-    ($MINISGL_FI_NO_SPLIT_MIN_BS), and the Triton split-KV kernel for small batches
-    ($MINISGL_SPLIT_DECODE_MAX_BS) — inside CUDA graphs (up to 8 rows) and eager past them:
-    each decoded token's logprob is as close to the float32 torch backend's (teacher-forced
-    on the same tokens) as bf16 itself allows."""
-    from minisgl.attention.flashinfer_backend import DECODE_TC_ENV, NO_SPLIT_ENV, SPLIT_DECODE_ENV
+    ($MINISGL_FI_NO_SPLIT_MIN_BS), and the Triton split-KV kernel for small and large batches
+    ($MINISGL_SPLIT_DECODE_MAX_BS / _FROM_BS) — inside CUDA graphs (up to 8 rows) and eager
+    past them: each decoded token's logprob is as close to the float32 torch backend's
+    (teacher-forced on the same tokens) as bf16 itself allows."""
+    from minisgl.attention.flashinfer_backend import (DECODE_TC_ENV, NO_SPLIT_ENV,
+                                                      SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV)
 
     prompts = _prompts(20, seed=11)  # rows end one step apart: batches of 20 down to 1
     params = [SamplingParams(max_tokens=6 + i, temperature=0.0, ignore_eos=True, logprobs=0)
               for i in range(20)]
     monkeypatch.setenv(DECODE_TC_ENV, tc_min_bs)
     monkeypatch.setenv(SPLIT_DECODE_ENV, split_max_bs)
+    monkeypatch.setenv(SPLIT_DECODE_FROM_ENV, split_from_bs)
     monkeypatch.setenv(NO_SPLIT_ENV, no_split_min_bs)
     backend = "fa3,fi" if torch.cuda.get_device_capability()[0] >= 9 else "fi"
     llm = LLM(gqa4_model, device="cuda", dtype="bfloat16", num_pages=8192, attention_backend=backend,
               cuda_graph_max_bs=8)  # eager decode past 8 rows, graphs below
     attn = llm.scheduler.engine.attn
-    assert (attn.tc_min_bs, attn.split_max_bs, attn.no_split_min_bs) == (
-        int(tc_min_bs), int(split_max_bs), int(no_split_min_bs))
+    assert (attn.tc_min_bs, attn.split_max_bs, attn.split_from_bs, attn.no_split_min_bs) == (
+        int(tc_min_bs), int(split_max_bs), int(split_from_bs), int(no_split_min_bs))
     outs = llm.generate(prompts, params)
     seqs = [pr + o.token_ids for pr, o in zip(prompts, outs)]
     ref, bf16 = gqa4_references("float32", seqs), gqa4_references("bfloat16", seqs)

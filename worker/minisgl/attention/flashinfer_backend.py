@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from minisgl.attention.base import AttentionBackend
-from minisgl.attention.split_decode import SplitDecode, num_splits
+from minisgl.attention.split_decode import SplitDecode, split_shape
 from minisgl.engine.batch import upload
 from minisgl.engine.state import kv_indices
 
@@ -33,10 +33,15 @@ WORKSPACE_BYTES = 256 << 20
 DECODE_TC_ENV = "MINISGL_FI_DECODE_TC_MIN_BS"
 DECODE_TC_MIN_BS = 1
 _CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)  # the CUDA-core decode kernel dispatches only these
-# Decode batches of at most this many rows run the Triton split-KV kernel
-# (attention/split_decode.py) instead of FlashInfer's; 0 = never.
+# Decode batches of at most MAX_BS rows, and of at least FROM_BS rows, run the Triton
+# split-KV kernel (attention/split_decode.py) instead of FlashInfer's (0 = never). Measured
+# inside CUDA graphs on an H200, Llama-3.1-8B shape (benchmarks/decode_attention.py,
+# decode-attention-*.json): at 1 row x 256 tokens 5.1 vs 9.6 us a layer, 8 x 512 12.5 vs 13.7,
+# 256 x 512 137.9 vs 153.0 (144.7 unsplit); FlashInfer wins at 16-32 rows (17.0 vs 19.1).
 SPLIT_DECODE_ENV = "MINISGL_SPLIT_DECODE_MAX_BS"
 SPLIT_DECODE_MAX_BS = 8
+SPLIT_DECODE_FROM_ENV = "MINISGL_SPLIT_DECODE_FROM_BS"
+SPLIT_DECODE_FROM_BS = 64
 # CUDA-graph decode batches of at least this many rows run FlashInfer's kernel without its KV
 # split: in graph mode FlashInfer always splits (the grid is fixed at capture), and at large
 # batches the split only adds a float32 partial write and a merge kernel per layer.
@@ -115,6 +120,8 @@ class FlashInferBackend(AttentionBackend):
         self.decode = None if decode_with_prefill_kernel else {}  # tensor cores? -> wrapper
         split_ok = self.decode is not None and head_dim >= 16 and head_dim & (head_dim - 1) == 0
         self.split_max_bs = _env_batch_size(SPLIT_DECODE_ENV, SPLIT_DECODE_MAX_BS) if split_ok else 0
+        self.split_from_bs = (_env_batch_size(SPLIT_DECODE_FROM_ENV, SPLIT_DECODE_FROM_BS)
+                              if split_ok else 0)
         self.no_split_min_bs = max(1, _env_batch_size(NO_SPLIT_ENV, NO_SPLIT_MIN_BS))
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         self._split_eager: dict[int, SplitDecode] = {}
@@ -138,10 +145,13 @@ class FlashInferBackend(AttentionBackend):
             self.decode[tc] = self._decode_wrapper(tc)
         return self.decode[tc]
 
+    def uses_split_decode(self, bs: int) -> bool:
+        return bs <= self.split_max_bs or 0 < self.split_from_bs <= bs
+
     def _split_decode(self, bs: int) -> SplitDecode:
-        return SplitDecode(bs, self.num_heads, self.num_kv_heads, self.head_dim,
-                           num_splits(bs, self.num_kv_heads, self.num_sms), self.device,
-                           self.kv.k.dtype)
+        splits, min_chunk = split_shape(bs, self.num_kv_heads, self.num_sms)
+        return SplitDecode(bs, self.num_heads, self.num_kv_heads, self.head_dim, splits,
+                           self.device, self.kv.k.dtype, min_chunk)
 
     def _plan(self, wrapper, table: PageTable, decode: bool, no_split: bool = False) -> None:
         dtype = self.kv.k.dtype
@@ -160,7 +170,7 @@ class FlashInferBackend(AttentionBackend):
 
     def prepare(self, batch) -> None:
         decode = batch.phase == "decode"
-        if decode and batch.size <= self.split_max_bs:
+        if decode and self.uses_split_decode(batch.size):
             if batch.size not in self._split_eager:
                 self._split_eager[batch.size] = self._split_decode(batch.size)
             self.active = self._split_eager[batch.size]
@@ -181,7 +191,7 @@ class FlashInferBackend(AttentionBackend):
     # ---- CUDA graph support (decode only) ------------------------------------------------
     def graph_wrapper(self, bs: int, max_pages: int):
         """A decode wrapper with fixed buffers for batch size bs, for capture and replay."""
-        if bs <= self.split_max_bs:
+        if self.uses_split_decode(bs):
             return self._split_decode(bs)
         if self._graph_indices is None or self._graph_indices.numel() < max_pages:
             # One page-index buffer shared by every captured size (only one replays at a time).

@@ -23,6 +23,10 @@ import torch
 MIN_CHUNK = 32  # tokens: a program's share of a row is at least one key tile
 BLOCK_N = 32  # keys per tl.dot tile
 MAX_SPLITS = 64
+# Large batches: rows x KV heads fill the GPU unsplit; a row past LONG_CHUNK tokens still
+# splits (up to LARGE_SPLITS ways), so one long row beside many short ones is not a tail.
+LARGE_SPLITS = 4
+LONG_CHUNK = 2048
 
 
 @functools.cache
@@ -32,7 +36,7 @@ def _kernels():
 
     @triton.jit
     def split_decode_partial(q_ptr, k_ptr, v_ptr, table_ptr, table_stride, state_ptr, seq_ptr,
-                             part_o_ptr, part_lse_ptr, sm_scale,
+                             part_o_ptr, part_lse_ptr, out_ptr, sm_scale,
                              H: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
                              GP: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
                              BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr):
@@ -40,54 +44,63 @@ def _kernels():
         kvh = tl.program_id(1)
         s = tl.program_id(2)
         seq = tl.load(seq_ptr + b).to(tl.int32)
-        row = tl.load(state_ptr + b).to(tl.int64)
         chunk = tl.maximum(tl.cdiv(seq, S), MIN_CHUNK)
-        lo = s * chunk
-        hi = tl.minimum(lo + chunk, seq)
-        g = tl.arange(0, GP)
-        d = tl.arange(0, D)
-        heads = kvh * GROUP + g
-        gmask = g < GROUP
-        q = tl.load(q_ptr + (b * H + heads)[:, None] * D + d[None, :], mask=gmask[:, None],
-                    other=0.0)  # [GP, D]
-        m_i = tl.full([GP], float("-inf"), tl.float32)
-        l_i = tl.zeros([GP], tl.float32)
-        acc = tl.zeros([GP, D], tl.float32)
-        for start in range(lo, hi, BLOCK_N):
-            n = start + tl.arange(0, BLOCK_N)
-            nmask = n < hi
-            slot = tl.load(table_ptr + row * table_stride + n, mask=nmask, other=0).to(tl.int64)
-            offs = slot[:, None] * (HKV * D) + kvh * D + d[None, :]  # [BLOCK_N, D]
-            k = tl.load(k_ptr + offs, mask=nmask[:, None], other=0.0)
-            v = tl.load(v_ptr + offs, mask=nmask[:, None], other=0.0)
-            qk = tl.dot(q, tl.trans(k)) * sm_scale  # [GP, BLOCK_N] f32
-            qk = tl.where(nmask[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(qk - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-        empty = l_i == 0.0  # a split past the row's end
-        out = acc / tl.where(empty, 1.0, l_i)[:, None]
-        lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
-        base = (b * H + heads) * S + s  # [GP]
-        tl.store(part_o_ptr + base[:, None] * D + d[None, :], out, mask=gmask[:, None])
-        tl.store(part_lse_ptr + base, lse, mask=gmask)
+        n_valid = tl.cdiv(seq, chunk)  # the row's non-empty splits
+        if s < n_valid:
+            row = tl.load(state_ptr + b).to(tl.int64)
+            lo = s * chunk
+            hi = tl.minimum(lo + chunk, seq)
+            g = tl.arange(0, GP)
+            d = tl.arange(0, D)
+            heads = kvh * GROUP + g
+            gmask = g < GROUP
+            q = tl.load(q_ptr + (b * H + heads)[:, None] * D + d[None, :], mask=gmask[:, None],
+                        other=0.0)  # [GP, D]
+            m_i = tl.full([GP], float("-inf"), tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, D], tl.float32)
+            for start in range(lo, hi, BLOCK_N):
+                n = start + tl.arange(0, BLOCK_N)
+                nmask = n < hi
+                slot = tl.load(table_ptr + row * table_stride + n, mask=nmask, other=0).to(tl.int64)
+                offs = slot[:, None] * (HKV * D) + kvh * D + d[None, :]  # [BLOCK_N, D]
+                k = tl.load(k_ptr + offs, mask=nmask[:, None], other=0.0)
+                v = tl.load(v_ptr + offs, mask=nmask[:, None], other=0.0)
+                qk = tl.dot(q, tl.trans(k)) * sm_scale  # [GP, BLOCK_N] f32
+                qk = tl.where(nmask[None, :], qk, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(qk, 1))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(qk - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            out = acc / l_i[:, None]
+            if n_valid == 1:  # the whole row: the final output, no merge
+                dst = out_ptr + (b * H + heads)[:, None] * D + d[None, :]
+                tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
+            else:
+                base = (b * H + heads) * S + s  # [GP]
+                tl.store(part_o_ptr + base[:, None] * D + d[None, :], out, mask=gmask[:, None])
+                tl.store(part_lse_ptr + base, m_i + tl.log(l_i), mask=gmask)
 
     @triton.jit
-    def split_decode_merge(part_o_ptr, part_lse_ptr, out_ptr, H: tl.constexpr,
-                           D: tl.constexpr, S: tl.constexpr):
+    def split_decode_merge(part_o_ptr, part_lse_ptr, seq_ptr, out_ptr, H: tl.constexpr,
+                           D: tl.constexpr, S: tl.constexpr, MIN_CHUNK: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
-        sidx = tl.arange(0, S)
-        d = tl.arange(0, D)
-        base = (b * H + h) * S
-        lse = tl.load(part_lse_ptr + base + sidx)  # [S]; the first split is never empty
-        w = tl.exp(lse - tl.max(lse, 0))
-        o = tl.load(part_o_ptr + (base + sidx)[:, None] * D + d[None, :])  # [S, D]
-        merged = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
-        tl.store(out_ptr + (b * H + h) * D + d, merged.to(out_ptr.dtype.element_ty))
+        seq = tl.load(seq_ptr + b).to(tl.int32)
+        n_valid = tl.cdiv(seq, tl.maximum(tl.cdiv(seq, S), MIN_CHUNK))
+        if n_valid > 1:  # rows of one split were written by the first kernel
+            sidx = tl.arange(0, S)
+            smask = sidx < n_valid
+            d = tl.arange(0, D)
+            base = (b * H + h) * S
+            lse = tl.load(part_lse_ptr + base + sidx, mask=smask, other=float("-inf"))  # [S]
+            w = tl.exp(lse - tl.max(lse, 0))
+            o = tl.load(part_o_ptr + (base + sidx)[:, None] * D + d[None, :], mask=smask[:, None],
+                        other=0.0)  # [S, D]
+            merged = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+            tl.store(out_ptr + (b * H + h) * D + d, merged.to(out_ptr.dtype.element_ty))
 
     return split_decode_partial, split_decode_merge
 
@@ -101,18 +114,26 @@ def num_splits(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
     return max(1, min(MAX_SPLITS, _pow2_floor(2 * num_sms // max(1, batch_size * num_kv_heads))))
 
 
+def split_shape(batch_size: int, num_kv_heads: int, num_sms: int) -> tuple[int, int]:
+    """(splits, min_chunk) for a batch: small batches cut every row to cover the SMs; once
+    rows x KV heads alone do (one split), rows split only past LONG_CHUNK tokens."""
+    splits = num_splits(batch_size, num_kv_heads, num_sms)
+    return (splits, MIN_CHUNK) if splits > 1 else (LARGE_SPLITS, LONG_CHUNK)
+
+
 class SplitDecode:
     """Decode attention state for a batch of `batch_size` rows: fixed device buffers (the
     rows' state slots and sequence lengths, the partial results), so that a CUDA graph can
     capture `run` once and replay it after `plan` has copied in a new batch."""
 
     def __init__(self, batch_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 splits: int, device: torch.device, dtype: torch.dtype) -> None:
+                 splits: int, device: torch.device, dtype: torch.dtype,
+                 min_chunk: int = MIN_CHUNK) -> None:
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
         if head_dim & (head_dim - 1) or head_dim < 16:
             raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
-        self.batch_size, self.splits = batch_size, splits
+        self.batch_size, self.splits, self.min_chunk = batch_size, splits, min_chunk
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.state_slots = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.seq_lens = torch.ones(batch_size, dtype=torch.int64, device=device)
@@ -139,11 +160,14 @@ class SplitDecode:
         table = self.slot_table
         partial[(self.batch_size, self.num_kv_heads, self.splits)](
             q.contiguous(), k_cache, v_cache, table, table.stride(0), self.state_slots,
-            self.seq_lens, self.part_o, self.part_lse, sm_scale,
-            H=self.num_heads, HKV=self.num_kv_heads, GROUP=group, GP=max(16, 1 << (group - 1).bit_length()),
-            D=self.head_dim, S=self.splits, BLOCK_N=BLOCK_N, MIN_CHUNK=MIN_CHUNK)
-        merge[(self.batch_size, self.num_heads)](
-            self.part_o, self.part_lse, self.out, H=self.num_heads, D=self.head_dim, S=self.splits)
+            self.seq_lens, self.part_o, self.part_lse, self.out, sm_scale,
+            H=self.num_heads, HKV=self.num_kv_heads, GROUP=group,
+            GP=max(16, 1 << (group - 1).bit_length()), D=self.head_dim, S=self.splits,
+            BLOCK_N=BLOCK_N, MIN_CHUNK=self.min_chunk)
+        if self.splits > 1:
+            merge[(self.batch_size, self.num_heads)](
+                self.part_o, self.part_lse, self.seq_lens, self.out, H=self.num_heads,
+                D=self.head_dim, S=self.splits, MIN_CHUNK=self.min_chunk)
         return self.out
 
 
