@@ -160,7 +160,7 @@ def gqa4_references(gqa4_model):
 
 @pytest.mark.parametrize("tc_min_bs,split_max_bs,split_from_bs,no_split_min_bs", [
     ("1", "0", "0", "1"),  # FlashInfer's tensor-core kernel everywhere, unsplit in every graph
-    ("9", "8", "64", "64"),  # the defaults' shape: Triton in the graphs, FlashInfer past them
+    ("9", "8", "0", "64"),  # the defaults: Triton in the graphs, FlashInfer past them
     ("1000000", "0", "0", "64"),  # the CUDA-core kernel everywhere
     ("1", "0", "3", "64"),  # Triton from 3 rows (graphs and eager), FlashInfer at 1-2
 ])

@@ -33,15 +33,18 @@ WORKSPACE_BYTES = 256 << 20
 DECODE_TC_ENV = "MINISGL_FI_DECODE_TC_MIN_BS"
 DECODE_TC_MIN_BS = 1
 _CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)  # the CUDA-core decode kernel dispatches only these
-# Decode batches of at most MAX_BS rows, and of at least FROM_BS rows, run the Triton
-# split-KV kernel (attention/split_decode.py) instead of FlashInfer's (0 = never). Measured
-# inside CUDA graphs on an H200, Llama-3.1-8B shape (benchmarks/decode_attention.py,
-# decode-attention-*.json): at 1 row x 256 tokens 5.1 vs 9.6 us a layer, 8 x 512 12.5 vs 13.7,
-# 256 x 512 137.9 vs 153.0 (144.7 unsplit); FlashInfer wins at 16-32 rows (17.0 vs 19.1).
+# Decode batches of at most MAX_BS rows (and, when FROM_BS > 0, of at least FROM_BS rows)
+# run the Triton split-KV kernel (attention/split_decode.py) instead of FlashInfer's; 0 =
+# never. Measured on an H200, Llama-3.1-8B shape: inside CUDA graphs
+# (benchmarks/decode_attention.py, decode-attention-*.json) 1 row x 256 tokens 5.1 vs 9.6 us
+# a layer, 8 x 512 12.5 vs 13.7; latency-b1 4.74 vs 4.99 ms/token (same call). FlashInfer
+# wins at 16-32 rows (17.0 vs 19.1 us). At 64+ rows the kernel alone was faster on uniform
+# rows (256 x 512: 137.9 vs 144.7 us unsplit) but offline-256 ran slower end to end
+# (9,782 vs 10,122 tok/s, shared-prefix 21,449 vs 21,920, one call), so FROM_BS is off.
 SPLIT_DECODE_ENV = "MINISGL_SPLIT_DECODE_MAX_BS"
 SPLIT_DECODE_MAX_BS = 8
 SPLIT_DECODE_FROM_ENV = "MINISGL_SPLIT_DECODE_FROM_BS"
-SPLIT_DECODE_FROM_BS = 64
+SPLIT_DECODE_FROM_BS = 0
 # CUDA-graph decode batches of at least this many rows run FlashInfer's kernel without its KV
 # split: in graph mode FlashInfer always splits (the grid is fixed at capture), and at large
 # batches the split only adds a float32 partial write and a merge kernel per layer.
