@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_name, record  # noqa: E402
+from common import device_name, emit  # noqa: E402
 
 OFFLINE = Path(__file__).resolve().parent / "offline.py"
 VARIANTS = {
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_name(args.device), "tp": 1,
         "workload": spec, "base_args": args.base_args, "rows": rows,
     }
-    if args.no_record:
-        print(json.dumps(result))
-    else:
-        print(f"wrote {record(result, result['benchmark'], args.device, args.out_dir)}")
+    emit(result, result["benchmark"], args)
     return result
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_name, record, resolve_model  # noqa: E402
+from common import device_name, emit, resolve_model  # noqa: E402
 
 from minisgl.attention.flashinfer_backend import fa3_fi  # noqa: E402
 from minisgl.engine.batch import Batch  # noqa: E402
@@ -35,7 +35,7 @@ VARIANTS = ("fi-split", "fi-nosplit", "triton-split")
 
 
 def graph_us(attn, bs: int, ctx: int, layers: int, variant: str) -> tuple[float, torch.Tensor]:
-    h, hkv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    h, d = attn.num_heads, attn.head_dim
     table = torch.randperm(bs * ctx, device="cuda").view(bs, ctx).to(torch.int32)
     batch = Batch(phase="decode", rows=[None] * bs, prefix_lens=[ctx - 1] * bs,
                   extend_lens=[1] * bs, sample_rows=[],
@@ -95,10 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.empty_cache()
     result = {"benchmark": "decode-attention", "model": args.model, "device": device_name("cuda"),
               "layers": args.layers, "rows": rows}
-    if args.no_record:
-        print(json.dumps(result))
-    else:
-        print(f"wrote {record(result, 'decode-attention', 'cuda', args.out_dir)}")
+    args.device = "cuda"
+    emit(result, "decode-attention", args)
     return result
 
 

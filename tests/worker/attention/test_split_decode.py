@@ -7,12 +7,9 @@ tl.dot is wrong); bf16 on the GPU is covered by tests/worker/engine/test_gpu_bac
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.helpers.triton_interpreter import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -47,11 +44,7 @@ print(json.dumps(results))
 
 
 def test_split_decode_matches_reference_under_the_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_interpreted(SCRIPT, timeout=600)
     assert len(results) == 24
     for r in results:
         # float16: the kernel rounds the probabilities to fp16 for the P.V product (as

@@ -6,12 +6,9 @@ before triton is imported, hence a subprocess); on the GPU the engine tests cove
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.helpers.triton_interpreter import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -45,11 +42,7 @@ print(json.dumps(results))
 
 
 def test_kernel_matches_reference_under_the_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_interpreted(SCRIPT, timeout=300)
     assert len(results) == 8
     for r in results:
         # bf16: one rounding step (2**-7 relative) at the largest magnitude, from casting the
