@@ -22,16 +22,22 @@ EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090
 FAILURE_MODES = ("FailClose", "FailOpen")
 CONFIG_FILE = "default-plugins.yaml"
-# The scorers of the upstream chart's default profile, and a picker that returns one endpoint.
-EPP_CONFIG = """\
+def epp_config(max_endpoints: int = 1) -> str:
+    """The picker's EndpointPickerConfig: the scorers and weights of the upstream chart's default
+    profile; max-score-picker returns the best `max_endpoints` endpoints, best first (more than
+    one gives a Gateway that honours the fallback list, e.g. Envoy's override_host, a retry
+    target)."""
+    picker = "- type: max-score-picker\n"
+    if max_endpoints > 1:
+        picker += f"  parameters:\n    maxNumOfEndpoints: {max_endpoints}\n"
+    return f"""\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: prefix-cache-scorer
-- type: max-score-picker
-schedulingProfiles:
+{picker}schedulingProfiles:
 - name: default
   plugins:
   - pluginRef: queue-scorer
@@ -42,6 +48,8 @@ schedulingProfiles:
     weight: 3
   - pluginRef: max-score-picker
 """
+
+
 # What the picker reads: the pool, its pods, the objectives (x-k8s.io) that may refer to the pool.
 EPP_RULES = [
     {"apiGroups": ["inference.networking.k8s.io"], "resources": ["inferencepools"], "verbs": ["get", "list", "watch"]},
@@ -117,7 +125,7 @@ def build_picker(name: str, namespace: str, routing: Routing, metadata: dict) ->
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
     }
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CONFIG_FILE: EPP_CONFIG}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CONFIG_FILE: epp_config()}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": EPP_RULES},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,

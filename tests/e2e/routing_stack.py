@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from minisgl_operator.routing import epp_config
 from tests.e2e.kube import REPO, Cluster, Fatal, free_port, install_crd, wait_for
 from tests.e2e.routing_envoy import envoy_config
 
@@ -41,31 +42,6 @@ POOL = "minisgl"
 POD_LABELS = {"app": "minisgl-routing"}
 SERVED_NAME = "tiny"
 START_TIMEOUT = 240.0  # three CPU replicas loading torch at once on a 2-core machine
-
-# The inferencepool chart's default-plugins.yaml (same scorers and weights), with the picker
-# returning every endpoint best first so that Envoy has fallbacks.
-EPP_CONFIG = """\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-- type: max-score-picker
-  parameters:
-    maxNumOfEndpoints: {endpoints}
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-    weight: 2
-  - pluginRef: kv-cache-utilization-scorer
-    weight: 2
-  - pluginRef: prefix-cache-scorer
-    weight: 3
-  - pluginRef: max-score-picker
-"""
-
 
 def epp_cache() -> Path:
     base = os.environ.get("MINISGL_EPP_CACHE") or (
@@ -222,7 +198,7 @@ class RoutingStack:
     def _start_epp(self) -> None:
         self.epp_grpc, health, self.epp_metrics = free_port(), free_port(), free_port()
         config = self.workdir / "epp-config.yaml"
-        config.write_text(EPP_CONFIG.format(endpoints=self.replicas_n))
+        config.write_text(epp_config(max_endpoints=self.replicas_n))  # every endpoint, best first
         cmd = [str(self.epp_bin), f"--kubeconfig={self.cluster.kubeconfig}",
                f"--pool-name={POOL}", f"--pool-namespace={NAMESPACE}",
                f"--grpc-port={self.epp_grpc}", f"--grpc-health-port={health}",

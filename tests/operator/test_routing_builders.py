@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from minisgl_operator.builders import Owner, desired_objects
 from minisgl_operator.rollout import IN_PLACE, RolloutPlan
+from minisgl_operator.routing import epp_config
 from minisgl_operator.spec import DEFAULT_EPP_IMAGE, parse_spec
 
 OWNER = Owner("qwen", "ns", "uid-1")
@@ -32,6 +34,20 @@ def test_routing_makes_a_pool_of_the_serving_pods_and_its_picker():
     worker_selector = objs[("Service", "qwen")]["spec"]["selector"]
     labels = objs[("Deployment", "qwen-epp")]["spec"]["template"]["metadata"]["labels"]
     assert not worker_selector.items() <= labels.items()
+    # The picker's config: the upstream default profile, one endpoint a request.
+    config = yaml.safe_load(objs[("ConfigMap", "qwen-epp")]["data"]["default-plugins.yaml"])
+    assert config["kind"] == "EndpointPickerConfig"
+    assert [p["type"] for p in config["plugins"]] == [
+        "queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer", "max-score-picker"]
+    assert "parameters" not in config["plugins"][3]
+
+
+def test_picker_config_can_return_a_fallback_list():
+    config = yaml.safe_load(epp_config(max_endpoints=3))
+    assert config["plugins"][3] == {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 3}}
+    weights = {p["pluginRef"]: p.get("weight") for p in config["schedulingProfiles"][0]["plugins"]}
+    assert weights == {"queue-scorer": 2, "kv-cache-utilization-scorer": 2, "prefix-cache-scorer": 3,
+                       "max-score-picker": None}
 
 
 def test_an_existing_picker_is_referenced_and_none_created():

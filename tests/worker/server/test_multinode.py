@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
@@ -47,17 +48,27 @@ def wait_log(proc: Proc, text: str, timeout: float = 180) -> None:
         time.sleep(0.1)  # poll interval
 
 
+@contextlib.contextmanager
+def two_nodes(tmp_path, model: str):
+    """A TP=2 server over two "nodes", both up: yields (leader, worker, their descendants)."""
+    addr = f"127.0.0.1:{free_port_pair()}"
+    leader = node(tmp_path, 0, addr, "--model-path", model, "--tp-size", "2")
+    worker = node(tmp_path, 1, addr, "--model-path", model, "--tp-size", "2")
+    try:
+        leader.wait_ready()
+        wait_log(worker, "node 1 of 2 ready")
+        yield leader, worker, {**descendants(leader.popen.pid), **descendants(worker.popen.pid)}
+    finally:
+        worker.close()
+        leader.close()
+
+
 def test_tp2_over_two_nodes_matches_tp1_and_killing_node1_takes_node0_down(tmp_path, tiny_llama):
     from minisgl import LLM
 
     want = [o.token_ids for o in LLM(tiny_llama, device="cpu").generate(
         PROMPTS, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))]
-    addr = f"127.0.0.1:{free_port_pair()}"
-    leader = node(tmp_path, 0, addr, "--model-path", tiny_llama, "--tp-size", "2")
-    worker = node(tmp_path, 1, addr, "--model-path", tiny_llama, "--tp-size", "2")
-    try:
-        leader.wait_ready()
-        wait_log(worker, "node 1 of 2 ready")
+    with two_nodes(tmp_path, tiny_llama) as (leader, worker, kids):
         assert "started scheduler0" in leader.text() and "started scheduler1" not in leader.text()
         assert "started scheduler1" in worker.text() and "tokenizer" not in worker.text()
         got = []
@@ -68,33 +79,20 @@ def test_tp2_over_two_nodes_matches_tp1_and_killing_node1_takes_node0_down(tmp_p
             assert r.status_code == 200, r.text
             got.append(r.json()["token_ids"])
         assert got == want
-        kids = {**descendants(leader.popen.pid), **descendants(worker.popen.pid)}
         worker.popen.kill()  # the whole node 1 launcher: its rank dies with it (PDEATHSIG)
         assert worker.wait_exit(30) == -signal.SIGKILL
         assert leader.wait_exit(60) == 1
         assert "node 1" in leader.text().split("shutting down")[0].rsplit("\n", 1)[-1]
         assert_no_orphans(kids)
-    finally:
-        worker.close()
-        leader.close()
 
 
 def test_sigterm_on_node0_drains_and_stops_node1_cleanly(tmp_path, tiny_llama):
-    addr = f"127.0.0.1:{free_port_pair()}"
-    leader = node(tmp_path, 0, addr, "--model-path", tiny_llama, "--tp-size", "2")
-    worker = node(tmp_path, 1, addr, "--model-path", tiny_llama, "--tp-size", "2")
-    try:
-        leader.wait_ready()
-        wait_log(worker, "node 1 of 2 ready")
-        kids = {**descendants(leader.popen.pid), **descendants(worker.popen.pid)}
+    with two_nodes(tmp_path, tiny_llama) as (leader, worker, kids):
         leader.popen.send_signal(signal.SIGTERM)
         assert leader.wait_exit(60) == 0
         assert worker.wait_exit(60) == 0
         assert "the leader (node 0) stopped" in worker.text()
         assert_no_orphans(kids)
-    finally:
-        worker.close()
-        leader.close()
 
 
 def test_worker_node_without_a_leader_fails_clearly(tmp_path, tiny_llama):
@@ -134,19 +132,10 @@ def test_killing_rank0_on_node0_takes_node1_down_nonzero(tmp_path, tiny_llama):
 
     from tests.worker.server.test_launch import child_pid
 
-    addr = f"127.0.0.1:{free_port_pair()}"
-    leader = node(tmp_path, 0, addr, "--model-path", tiny_llama, "--tp-size", "2")
-    worker = node(tmp_path, 1, addr, "--model-path", tiny_llama, "--tp-size", "2")
-    try:
-        leader.wait_ready()
-        wait_log(worker, "node 1 of 2 ready")
-        kids = {**descendants(leader.popen.pid), **descendants(worker.popen.pid)}
+    with two_nodes(tmp_path, tiny_llama) as (leader, worker, kids):
         os.kill(child_pid(leader, "scheduler0"), signal.SIGKILL)
         assert leader.wait_exit(60) == 1
         assert worker.wait_exit(60) == 1
         # whichever notices first: the control channel, or rank 1's collective with a dead rank 0
         assert "ERROR [server] minisgl.distributed.node: node 1 stopping: " in worker.text()
         assert_no_orphans(kids)
-    finally:
-        worker.close()
-        leader.close()
