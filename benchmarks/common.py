@@ -176,7 +176,7 @@ def engine_record(args: argparse.Namespace) -> dict:
     import os
 
     knobs = ("MINISGL_FI_DECODE_TC_MIN_BS", "MINISGL_FI_NO_SPLIT_MIN_BS",
-             "MINISGL_SPLIT_DECODE_MAX_BS")  # the decode-kernel ablation knobs
+             "MINISGL_SPLIT_DECODE_MAX_BS", "MINISGL_SPLIT_DECODE_FROM_BS")  # decode-kernel knobs
     env = {k: os.environ[k] for k in knobs if os.environ.get(k)}
     if env:
         rec["env"] = env

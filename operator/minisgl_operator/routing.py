@@ -22,11 +22,15 @@ EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090
 FAILURE_MODES = ("FailClose", "FailOpen")
 CONFIG_FILE = "default-plugins.yaml"
+
+
 def epp_config(max_endpoints: int = 1) -> str:
     """The picker's EndpointPickerConfig: the scorers and weights of the upstream chart's default
     profile; max-score-picker returns the best `max_endpoints` endpoints, best first (more than
     one gives a Gateway that honours the fallback list, e.g. Envoy's override_host, a retry
     target)."""
+    if max_endpoints < 1:
+        raise ValueError(f"max_endpoints must be >= 1, got {max_endpoints}")
     picker = "- type: max-score-picker\n"
     if max_endpoints > 1:
         picker += f"  parameters:\n    maxNumOfEndpoints: {max_endpoints}\n"

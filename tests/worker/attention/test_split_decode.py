@@ -35,6 +35,7 @@ for H, HKV, D in [(8, 2, 64), (6, 3, 32), (4, 4, 16)]:
         for splits, min_chunk in ((1, 32), (4, 32), (16, 32), (4, 128)):
             sd = SplitDecode(4, H, HKV, D, splits, torch.device("cpu"), dtype, min_chunk)
             sd.plan(SimpleNamespace(size=4, state_slots=state, seq_lens_dev=seq, slot_table=table))
+            sd.out.fill_(float("nan"))  # every row must be written (by the merge or directly)
             out = sd.run(q, k, v, D**-0.5)
             results.append(dict(heads=[H, HKV, D], dtype=str(dtype), splits=[splits, min_chunk],
                                 diff=(out.float() - ref.float()).abs().max().item(),

@@ -186,10 +186,18 @@ def test_decode_kernels_match_float32_reference(gqa4_model, gqa4_references, mon
     backend = "fa3,fi" if torch.cuda.get_device_capability()[0] >= 9 else "fi"
     llm = LLM(gqa4_model, device="cuda", dtype="bfloat16", num_pages=8192, attention_backend=backend,
               cuda_graph_max_bs=8)  # eager decode past 8 rows, graphs below
-    attn = llm.scheduler.engine.attn
+    engine = llm.scheduler.engine
+    attn = engine.attn
     assert (attn.tc_min_bs, attn.split_max_bs, attn.split_from_bs, attn.no_split_min_bs) == (
         int(tc_min_bs), int(split_max_bs), int(split_from_bs), int(no_split_min_bs))
+    from minisgl.attention.split_decode import SplitDecode
+
+    for bs, wrapper in engine.graphs.wrappers.items():  # the kernel each graph captured
+        assert isinstance(wrapper, SplitDecode) == attn.uses_split_decode(bs), bs
     outs = llm.generate(prompts, params)
+    # decode steps of 20 down to 1 rows: the split kernel ran exactly when it was chosen
+    uses = attn.uses_split_decode
+    assert (attn.split_steps > 0) == any(uses(b) for b in range(1, 21))
     seqs = [pr + o.token_ids for pr, o in zip(prompts, outs)]
     ref, bf16 = gqa4_references("float32", seqs), gqa4_references("bfloat16", seqs)
     got, want, base = [], [], []

@@ -48,7 +48,10 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def attend(self, q: torch.Tensor, layer: int, batch: Batch) -> torch.Tensor:
-        """forward() after the step's K/V are already in the cache (a fused kernel wrote them)."""
+        """forward() after the step's K/V are already in the cache (a fused kernel wrote them).
+
+        The result may be a buffer the backend reuses on its next call (the split-KV decode
+        kernel's fixed output for CUDA graphs): consume it before the next layer, or clone it."""
 
     def graph_wrapper(self, bs: int, max_pages: int):
         raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")

@@ -133,6 +133,8 @@ class SplitDecode:
             raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
         if head_dim & (head_dim - 1) or head_dim < 16:
             raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
+        if splits < 1 or splits & (splits - 1):
+            raise ValueError(f"splits must be a power of two, got {splits}")
         self.batch_size, self.splits, self.min_chunk = batch_size, splits, min_chunk
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.state_slots = torch.zeros(batch_size, dtype=torch.int64, device=device)
@@ -154,7 +156,10 @@ class SplitDecode:
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             sm_scale: float) -> torch.Tensor:
-        """q [B, H, D]; k_cache, v_cache [num_slots, Hkv, D] -> [B, H, D] (self.out)."""
+        """q [B, H, D]; k_cache, v_cache [num_slots, Hkv, D] -> [B, H, D]: self.out, the same
+        buffer on every call (the next layer's call overwrites it; clone to keep it)."""
+        if q.shape != self.out.shape:
+            raise ValueError(f"q must be {tuple(self.out.shape)}, got {tuple(q.shape)}")
         partial, merge = _kernels()
         group = self.num_heads // self.num_kv_heads
         table = self.slot_table
