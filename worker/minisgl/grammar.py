@@ -135,14 +135,21 @@ class GrammarBackend:
         self.compiles_total = 0
         self.cache_hits_total = 0
 
-    def compile(self, grammar: tuple[str, str]) -> Any:
-        """The CompiledGrammar of (kind, source): from the cache, or compiled now."""
+    def cached(self, grammar: tuple[str, str]) -> Any:
+        """The CompiledGrammar of (kind, source) if the cache holds it (a hit), else None."""
         with self._lock:
             compiled = self._cache.get(grammar)
             if compiled is not None:
                 self._cache.move_to_end(grammar)
                 self.cache_hits_total += 1
-                return compiled
+            return compiled
+
+    def compile(self, grammar: tuple[str, str]) -> Any:
+        """The CompiledGrammar of (kind, source): from the cache, or compiled now (thread-safe:
+        the scheduler's compile thread calls it)."""
+        compiled = self.cached(grammar)
+        if compiled is not None:
+            return compiled
         start = time.perf_counter()
         compiled = self.compiler.compile_grammar(build_grammar(*grammar))
         elapsed = time.perf_counter() - start

@@ -6,7 +6,7 @@ import pytest
 
 from minisgl.errors import ContextTooLong, InvalidRequest
 from minisgl.message import codec
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
+from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, GrammarReadyMsg, UserMsg
 from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, StatsMsg
 from minisgl.message.tokenizer import AbortMsg, BatchTokenOutputMsg, TokenizedMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
@@ -18,7 +18,8 @@ PARAMS = SamplingParams(max_tokens=7, temperature=0.5, stop=("x", "yz"), stop_to
 EXAMPLES = [
     UserMsg(1, [1, 2, 3], PARAMS, 12.5),
     AbortBackendMsg(2),
-    BatchBackendMsg([UserMsg(3, [4], SamplingParams(), None), AbortBackendMsg(3)]),
+    BatchBackendMsg([UserMsg(3, [4], SamplingParams(), None), AbortBackendMsg(3),
+                     GrammarReadyMsg([3, 14])]),
     BatchBackendMsg([]),
     TokenizeMsg(4, "héllo 🙂", PARAMS, 1.0, add_special_tokens=False),
     TokenizeMsg(5, [9, 8, 7], SamplingParams(n=3), 2.0),

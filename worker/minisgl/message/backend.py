@@ -27,7 +27,18 @@ class AbortBackendMsg:
 
 
 @dataclass(frozen=True)
+class GrammarReadyMsg:
+    """Rank 0's word that these requests' grammars are compiled (or failed): every rank admits
+    them here, so all ranks schedule the same batches (scheduler.admit_compiled)."""
+
+    uids: list[int]
+
+
+BackendMsg = UserMsg | AbortBackendMsg | GrammarReadyMsg
+
+
+@dataclass(frozen=True)
 class BatchBackendMsg:
     """What rank 0 applied in one iteration (maybe nothing), broadcast to every other rank."""
 
-    msgs: list[UserMsg | AbortBackendMsg] = field(default_factory=list)
+    msgs: list[BackendMsg] = field(default_factory=list)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
+from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, GrammarReadyMsg, UserMsg
 from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk, StatsMsg
 from minisgl.message.tokenizer import (AbortMsg, BatchTokenOutputMsg, PingMsg, TokenizedMsg,
                                        TokenizeMsg)
@@ -34,7 +34,7 @@ MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         # backend (scheduler)
-        UserMsg, AbortBackendMsg, BatchBackendMsg,
+        UserMsg, AbortBackendMsg, GrammarReadyMsg, BatchBackendMsg,
         # tokenizer / detokenizer
         TokenizeMsg, AbortMsg, TokenizedMsg, BatchTokenOutputMsg, PingMsg,
         # frontend (API process)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from minisgl.config import SchedulerConfig
 from minisgl.errors import MiniSGLError
 from minisgl.message import codec
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
+from minisgl.message.backend import BackendMsg, BatchBackendMsg, GrammarReadyMsg, UserMsg
 from minisgl.server.endpoints import Endpoints
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ STATS_INTERVAL_S = 0.5  # the API process expects fresh stats at least every sec
 # After a request finishes, stats follow within this long, so a client that scrapes /metrics
 # right after its response sees its request counted (bounded: one send per 20 ms at most).
 STATS_AFTER_FINISH_S = 0.02
+COMPILE_POLL_S = 0.002  # how often an idle rank 0 checks on grammars compiling aside
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _serve(spec: SchedulerSpec, ack: Reporter) -> None:
             ack.phase("warming")
 
     with warmup.announcing(on_warm_up):
-        sched = Scheduler(spec.config)  # warms up on cuda, announcing it
+        sched = Scheduler(spec.config, async_grammar=True)  # warms up on cuda, announcing it
         if not warming:  # nothing to compile (cpu): the phase is still reported, and gated in tests
             warmup.begin()
     io: Any = SchedulerIO(spec.endpoints, spec.config.tp_rank)
@@ -84,25 +85,33 @@ class NodeSpanningIO:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._io, name)
 
-    def broadcast(self, msgs: list[UserMsg | AbortBackendMsg]) -> None:
+    def broadcast(self, msgs: list[BackendMsg]) -> None:
         self._channel.send(codec.encode(BatchBackendMsg(msgs)))
 
-    def receive_broadcast(self) -> list[UserMsg | AbortBackendMsg]:
+    def receive_broadcast(self) -> list[BackendMsg]:
         return codec.decode(self._channel.recv()).msgs
 
 
-def _apply(sched: Any, io: Any, msgs: list[UserMsg | AbortBackendMsg]) -> None:
+def _reject(io: Any, uid: int, exc: Exception) -> None:
+    if isinstance(exc, (MiniSGLError, ValueError)):
+        logger.info("request %d rejected: %s", uid, exc)
+    else:
+        logger.error("request %d failed", uid, exc_info=exc)
+    if io.is_driver:
+        io.send_error(uid, exc)
+
+
+def _apply(sched: Any, io: Any, msgs: list[BackendMsg]) -> None:
     for msg in msgs:
         if isinstance(msg, UserMsg):
             try:
                 sched.add_request(msg.uid, msg.input_ids, msg.params, msg.arrival_time)
             except Exception as exc:  # one bad request must not take the server down
-                if isinstance(exc, (MiniSGLError, ValueError)):
-                    logger.info("request %d rejected: %s", msg.uid, exc)
-                else:
-                    logger.exception("request %d: add_request failed", msg.uid)
-                if io.is_driver:
-                    io.send_error(msg.uid, exc)
+                _reject(io, msg.uid, exc)
+        elif isinstance(msg, GrammarReadyMsg):
+            sched.admit_compiled(msg.uids)
+            for uid, exc in sched.take_errors():  # a grammar that cannot compile
+                _reject(io, uid, exc)
         else:
             try:
                 sched.abort(msg.uid, msg.index)
@@ -118,7 +127,12 @@ def run_loop(sched: Any, io: Any) -> None:
         if io.is_driver:
             now = time.monotonic()
             wait = 0.0 if sched.has_work else max(0.0, min(STATS_INTERVAL_S, stats_due - now))
+            if sched.compiling:  # look again soon: a grammar compiling aside may be ready
+                wait = min(wait, COMPILE_POLL_S)
             msgs = io.receive(wait=wait)
+            ready = sched.poll_compiled() if sched.compiling else []
+            if ready:  # admitted after this iteration's new requests, on every rank alike
+                msgs = msgs + [GrammarReadyMsg(ready)]
             if msgs or sched.has_work:
                 io.broadcast(msgs)
                 _apply(sched, io, msgs)

@@ -11,7 +11,13 @@ request that finishes at step N has one speculative token in step N+1, dropped o
 processing. Steps whose rows need the exact output history on the host (penalties,
 min_tokens) or a preemption process the in-flight step first.
 
-Structured output: a constrained request's matcher advances as its tokens are processed;
+Structured output: in the server (async_grammar) a grammar that is not in the cache compiles
+on a worker thread — the first one also builds xgrammar's tokenizer info, seconds at a large
+vocabulary — while running requests keep stepping; the request waits aside (`compiling`) until
+rank 0 sees its compile done and every rank admits it at the same point of the message stream
+(GrammarReadyMsg: each rank replays rank 0's messages, so they must agree). A grammar that
+cannot compile is reported through take_errors(). `LLM` compiles in add_request.
+A constrained request's matcher advances as its tokens are processed;
 the step that samples it fills its bitmask on the host after the forward is enqueued
 (overlapping the GPU). Under overlap a constrained row skips the step launched while its
 previous token is in flight, so unconstrained rows keep overlapping.
@@ -20,7 +26,10 @@ previous token is in flight, so unconstrained rows keep overlapping.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from minisgl.config import SchedulerConfig
 from minisgl.engine.batch import Batch
@@ -38,9 +47,20 @@ from minisgl.scheduler.types import SchedulerStats, TokenOutput
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _Compiling:
+    """A request whose grammar compiles on the worker thread: admitted when it is ready."""
+
+    input_ids: list[int]
+    params: SamplingParams
+    arrival_time: float
+    future: Future
+
+
 class Scheduler:
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, async_grammar: bool = False) -> None:
         self.config = config
+        self.async_grammar = async_grammar
         self.engine = Engine(config)
         self.max_model_len = self.engine.max_model_len
         self.vocab_size = self.engine.model_config.vocab_size
@@ -62,16 +82,24 @@ class Scheduler:
         self._hit_tokens = 0
         self._query_tokens = 0
         self._grammar: GrammarBackend | None = None  # built on the first constrained request
+        self._grammar_lock = threading.Lock()  # the compile thread may build it
+        self._compiling: dict[int, _Compiling] = {}  # uid -> waiting for its grammar, in order
+        self._compile_pool: ThreadPoolExecutor | None = None
+        self._errors: list[tuple[int, Exception]] = []
         self.last_step_time = time.time()
 
     def _grammar_backend(self) -> GrammarBackend:
-        if self._grammar is None:
-            from minisgl.tokenizer.tokenize import load_tokenizer
+        with self._grammar_lock:
+            if self._grammar is None:
+                from minisgl.tokenizer.tokenize import load_tokenizer
 
-            path = self.config.tokenizer_path or self.config.model_path
-            self._grammar = GrammarBackend(load_tokenizer(path), self.vocab_size,
-                                           self.eos_token_ids)
-        return self._grammar
+                path = self.config.tokenizer_path or self.config.model_path
+                self._grammar = GrammarBackend(load_tokenizer(path), self.vocab_size,
+                                               self.eos_token_ids)
+            return self._grammar
+
+    def _compile(self, grammar: tuple[str, str]):
+        return self._grammar_backend().compile(grammar)
 
     # ---- requests in -------------------------------------------------------------------
     def add_request(self, uid: int, input_ids: list[int], params: SamplingParams,
@@ -91,9 +119,24 @@ class Scheduler:
                 f"exceeds the model's context length of {self.max_model_len} tokens"
             )
         self.cache.check_fits(total)
-        grammar = self._grammar_backend() if params.grammar is not None else None
-        compiled = grammar.compile(params.grammar) if grammar is not None else None
         now = arrival_time if arrival_time is not None else time.time()
+        compiled = None
+        if params.grammar is not None:
+            compiled = self._grammar.cached(params.grammar) if self._grammar is not None else None
+            if compiled is None and self.async_grammar:
+                if self._compile_pool is None:
+                    self._compile_pool = ThreadPoolExecutor(1, thread_name_prefix="grammar")
+                future = self._compile_pool.submit(self._compile, params.grammar)
+                self._compiling[uid] = _Compiling(list(input_ids), params, now, future)
+                self._live_uids.add(uid)
+                return
+            if compiled is None:
+                compiled = self._compile(params.grammar)
+        self._admit(uid, input_ids, params, now, compiled)
+
+    def _admit(self, uid: int, input_ids: list[int], params: SamplingParams, now: float,
+               compiled) -> None:
+        grammar = self._grammar if compiled is not None else None
         first = None
         for i in range(params.n):
             p = params if params.seed is None else params.replace(seed=params.seed + i)
@@ -105,8 +148,44 @@ class Scheduler:
             self.prefill.add(req)
         self._live_uids.add(uid)
 
+    # ---- grammars compiling aside (async_grammar) ----------------------------------------
+    @property
+    def compiling(self) -> bool:
+        return bool(self._compiling)
+
+    def poll_compiled(self) -> list[int]:
+        """Rank 0: the requests whose grammar is ready (compiled or failed), oldest first."""
+        return [uid for uid, c in self._compiling.items() if c.future.done()]
+
+    def admit_compiled(self, uids: list[int]) -> None:
+        """Every rank, at the same point of rank 0's messages: admit these requests (waiting
+        for this rank's own compile to finish); a failed compile goes to take_errors()."""
+        for uid in uids:
+            pending = self._compiling.pop(uid, None)
+            if pending is None:  # aborted meanwhile
+                continue
+            try:
+                compiled = pending.future.result()
+            except Exception as exc:  # noqa: BLE001 - InvalidRequest, or a bug reported as one
+                self._live_uids.discard(uid)
+                self._errors.append((uid, exc))
+                continue
+            self._admit(uid, pending.input_ids, pending.params, pending.arrival_time, compiled)
+
+    def take_errors(self) -> list[tuple[int, Exception]]:
+        """(uid, exception) of requests refused after add_request returned (their grammar)."""
+        errors, self._errors = self._errors, []
+        return errors
+
     def abort(self, uid: int, index: int | None = None) -> None:
         """Abort every choice of uid, or only choice `index` (n > 1 stop strings)."""
+        pending = self._compiling.pop(uid, None)
+        if pending is not None:  # not admitted yet: nothing allocated, each choice ends here
+            self._live_uids.discard(uid)
+            self._pending += [TokenOutput(uid, i, finished=True, finish_reason="abort",
+                                          num_prompt_tokens=len(pending.input_ids))
+                              for i in range(pending.params.n)]
+            return
         reqs = self.prefill.remove(uid, index) + [
             r for r in self.running if r.uid == uid and not r.finished and index in (None, r.index)]
         for req in reqs:
@@ -290,7 +369,8 @@ class Scheduler:
     def stats(self) -> SchedulerStats:
         used, total = self.cache.stats()
         return SchedulerStats(
-            num_running=len(self.running), num_waiting=len(self.prefill.waiting),
+            num_running=len(self.running),
+            num_waiting=len(self.prefill.waiting) + len(self._compiling),
             kv_used_pages=used, kv_total_pages=total, prefix_hit_tokens_total=self._hit_tokens,
             prefix_query_tokens_total=self._query_tokens, last_step_time=self.last_step_time,
             has_work=self.has_work,
@@ -300,4 +380,6 @@ class Scheduler:
 
     def shutdown(self) -> None:
         self._in_flight = None
+        if self._compile_pool is not None:
+            self._compile_pool.shutdown(wait=False, cancel_futures=True)
         self.engine.shutdown()
