@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_suite.sh [--hf] [--no-tests]
 #     --hf        also time HF transformers generate in the offline rows (slow; off by default)
-#     --no-tests  skip the GPU tests
+#     --no-tests  skip the GPU tests (a short latency run then builds the JIT modules)
 #   env: SUITE_BUDGET_S (default 555): every step's timeout is cut to what is left of it,
 #        and a step that cannot get its minimum is skipped; PYTHON (default python3).
 #
@@ -79,6 +79,12 @@ REC="--out-dir $OUT"
 if ((TESTS)); then
   step gpu-tests 330 60 $PY -m pytest -q -m gpu tests/worker/engine -p no:cacheprovider -rA
   tail -n 3 "$STEPS/gpu-tests.log" 2>/dev/null | sed 's/^/  tests: /'
+else
+  # Without the tests the first benchmark would build the JIT modules (FA3 prefill alone takes
+  # minutes) inside its own short timeout and be killed mid-build, again in every later step:
+  # build them here, under a timeout that fits, with a small run of the same kernels.
+  # shellcheck disable=SC2086
+  step jit-warm-up 330 60 $PY $B/latency.py --model qwen3-0.6b $ENGINE --output-len 8 --runs 3 --no-record
 fi
 
 # ---- benchmarks, most important first ----------------------------------------------------------

@@ -28,16 +28,31 @@ exit 0
 """
 
 
-def test_suite_runs_every_step_in_order(tmp_path):
+def run_suite(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[str], Path]:
+    """Run the suite with the stub interpreter: (process, the interpreter calls, $OUT)."""
     stub = tmp_path / "py"
     stub.write_text(STUB)
     stub.chmod(0o755)
     out, calls = tmp_path / "out", tmp_path / "calls"
     env = dict(os.environ, OUT=str(out), PYTHON=str(stub), CALLS=str(calls), REAL_PY=sys.executable)
-    proc = subprocess.run(["bash", str(SUITE)], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["bash", str(SUITE), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = [l for l in calls.read_text().splitlines()
              if not l.startswith(("-m pip", "benchmarks/make_tokenizer.py"))]  # installs, tokenizer
+    return proc, lines, out
+
+
+def test_without_tests_the_jit_modules_are_built_first_under_their_own_timeout(tmp_path):
+    proc, lines, _ = run_suite(tmp_path, "--no-tests")
+    assert not any(l.startswith("-m pytest") for l in lines)
+    assert lines[0].startswith("benchmarks/latency.py") and "--no-record" in lines[0]
+    assert "jit-warm-up" in proc.stdout and "timeout 330s" in (tmp_path / "out" / "suite.log").read_text()
+    assert [l.split()[0] for l in lines[1:3]] == ["benchmarks/latency.py", "benchmarks/latency.py"]
+
+
+def test_suite_runs_every_step_in_order(tmp_path):
+    proc, lines, out = run_suite(tmp_path)
     scripts = [l.split()[0] if not l.startswith("-m") else " ".join(l.split()[:2]) for l in lines]
     assert scripts == ["-m pytest", "benchmarks/latency.py", "benchmarks/latency.py",
                        "benchmarks/offline.py", "benchmarks/offline.py", "benchmarks/serving.py",
