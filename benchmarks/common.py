@@ -175,8 +175,10 @@ def engine_record(args: argparse.Namespace) -> dict:
     rec = {k: getattr(args, k) for k in keys}
     import os
 
-    knobs = ("MINISGL_FI_DECODE_TC_MIN_BS", "MINISGL_FI_NO_SPLIT_MIN_BS",
-             "MINISGL_SPLIT_DECODE_MAX_BS", "MINISGL_SPLIT_DECODE_FROM_BS")  # decode-kernel knobs
+    from minisgl.attention.flashinfer_backend import (DECODE_TC_ENV, NO_SPLIT_ENV,
+                                                      SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV)
+
+    knobs = (DECODE_TC_ENV, NO_SPLIT_ENV, SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV)  # decode kernels
     env = {k: os.environ[k] for k in knobs if os.environ.get(k)}
     if env:
         rec["env"] = env

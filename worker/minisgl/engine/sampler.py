@@ -11,6 +11,7 @@ log_softmax of the raw logits (before penalties and temperature), as vLLM report
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, NamedTuple, Sequence
 
@@ -78,6 +79,7 @@ def filter_logits(
     return logits
 
 
+@functools.cache
 def _argmax_chunk(vocab: int) -> int:
     """A divisor of vocab near 1,024 (0 when there is none between 256 and 4,096)."""
     best = 0
@@ -85,9 +87,6 @@ def _argmax_chunk(vocab: int) -> int:
         if vocab % c == 0 and (best == 0 or abs(c - 1024) < abs(best - 1024)):
             best = c
     return best
-
-
-_ARGMAX_CHUNKS: dict[int, int] = {}
 
 
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
@@ -99,9 +98,7 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     B, V = x.shape
     if not x.is_cuda or V < 16384 or x.stride(1) != 1:
         return x.argmax(dim=-1)
-    if V not in _ARGMAX_CHUNKS:
-        _ARGMAX_CHUNKS[V] = _argmax_chunk(V)
-    c = _ARGMAX_CHUNKS[V]
+    c = _argmax_chunk(V)
     if not c:
         return x.argmax(dim=-1)
     return two_stage_argmax(x, c)

@@ -136,14 +136,13 @@ class Scheduler:
 
     def _admit(self, uid: int, input_ids: list[int], params: SamplingParams, now: float,
                compiled) -> None:
-        grammar = self._grammar if compiled is not None else None
         first = None
         for i in range(params.n):
             p = params if params.seed is None else params.replace(seed=params.seed + i)
             gen = make_generator(p.seed, self.engine.device) if p.seed is not None else None
             req = Req(uid, i, list(input_ids), p, gen, now, parent=first)
             if compiled is not None:
-                req.matcher = grammar.matcher(compiled)
+                req.matcher = self._grammar.matcher(compiled)
             first = first or req
             self.prefill.add(req)
         self._live_uids.add(uid)
