@@ -63,5 +63,11 @@ class _Env:
         raw = _text("MINISGL_SHELL_MAX_TOKENS")
         return None if raw is None else int(_number("MINISGL_SHELL_MAX_TOKENS", 0, int, 1))
 
+    @property
+    def fused_gemv_max_tokens(self) -> int:
+        """MINISGL_FUSED_GEMV_MAX_TOKENS: CUDA steps of at most this many tokens (one rank)
+        run the fused-GEMV decoder layers (layers/decode_gemv.py); 0 = never (default 1)."""
+        return int(_number("MINISGL_FUSED_GEMV_MAX_TOKENS", 1, int, 0))
+
 
 ENV = _Env()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
@@ -147,15 +148,7 @@ def gqa4_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def gqa4_references(gqa4_model):
-    """Teacher-forced logprobs from the torch backend: float32 (the reference) and bfloat16
-    (what bf16 itself costs), as functions of full sequences."""
-    llms = {d: LLM(gqa4_model, device="cuda", dtype=d, num_pages=8192, attention_backend="torch")
-            for d in ("float32", "bfloat16")}
-    p = SamplingParams(max_tokens=0, prompt_logprobs=True)
-
-    def score(dtype: str, seqs: list[list[int]]) -> list[list[float]]:
-        return [o.prompt_logprobs for o in llms[dtype].generate(seqs, p)]
-    return score
+    return _references(gqa4_model)
 
 
 @pytest.mark.parametrize("tc_min_bs,split_max_bs,split_from_bs,no_split_min_bs", [
@@ -176,9 +169,7 @@ def test_decode_kernels_match_float32_reference(gqa4_model, gqa4_references, mon
     from minisgl.attention.flashinfer_backend import (DECODE_TC_ENV, NO_SPLIT_ENV,
                                                       SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV)
 
-    prompts = _prompts(20, seed=11)  # rows end one step apart: batches of 20 down to 1
-    params = [SamplingParams(max_tokens=6 + i, temperature=0.0, ignore_eos=True, logprobs=0)
-              for i in range(20)]
+    prompts, params = _decode_prompts()
     monkeypatch.setenv(DECODE_TC_ENV, tc_min_bs)
     monkeypatch.setenv(SPLIT_DECODE_ENV, split_max_bs)
     monkeypatch.setenv(SPLIT_DECODE_FROM_ENV, split_from_bs)
@@ -198,8 +189,20 @@ def test_decode_kernels_match_float32_reference(gqa4_model, gqa4_references, mon
     # decode steps of 20 down to 1 rows: the split kernel ran exactly when it was chosen
     uses = attn.uses_split_decode
     assert (attn.split_steps > 0) == any(uses(b) for b in range(1, 21))
+    _assert_decode_tracks_float32(prompts, outs, gqa4_references)
+
+
+def _decode_prompts() -> tuple[list[list[int]], list[SamplingParams]]:
+    """20 prompts whose rows end one step apart: decode batches of 20 down to 1."""
+    return _prompts(20, seed=11), [SamplingParams(max_tokens=6 + i, temperature=0.0,
+                                                  ignore_eos=True, logprobs=0) for i in range(20)]
+
+
+def _assert_decode_tracks_float32(prompts, outs, references) -> None:
+    """Each decoded token's logprob is as close to the float32 torch backend's (teacher-forced
+    on the same tokens) as the bf16 torch backend's is."""
     seqs = [pr + o.token_ids for pr, o in zip(prompts, outs)]
-    ref, bf16 = gqa4_references("float32", seqs), gqa4_references("bfloat16", seqs)
+    ref, bf16 = references("float32", seqs), references("bfloat16", seqs)
     got, want, base = [], [], []
     for pr, o, r, b in zip(prompts, outs, ref, bf16):
         n = len(o.token_ids)
@@ -214,3 +217,46 @@ def test_decode_kernels_match_float32_reference(gqa4_model, gqa4_references, mon
               f"float32: mean {base_err.mean():.4f} max {base_err.max():.3f}")
     assert err.mean() <= 2.0 * base_err.mean() + 0.02, detail
     assert err.max() <= 2.0 * base_err.max() + 0.5, detail
+
+
+@pytest.fixture(scope="module")
+def qwen2_model(tmp_path_factory) -> str:
+    """q/k/v biases: the fused qkv GEMV's bias epilogue."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("gpu") / "qwen2", "qwen2", hidden_size=512,
+                                num_attention_heads=8, num_key_value_heads=2, head_dim=128,
+                                max_position_embeddings=2048))
+
+
+@functools.cache
+def _references(model: str):
+    """Teacher-forced logprobs of full sequences from the torch backend, float32 (the
+    reference) and bfloat16 (what bf16 itself costs); one pair of engines per model."""
+    llms = {d: LLM(model, device="cuda", dtype=d, num_pages=8192, attention_backend="torch")
+            for d in ("float32", "bfloat16")}
+    p = SamplingParams(max_tokens=0, prompt_logprobs=True)
+    return lambda dtype, seqs: [o.prompt_logprobs for o in llms[dtype].generate(seqs, p)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("max_tokens", ["0", "1", "4"])
+def test_fused_gemv_layers_match_float32_reference(request, monkeypatch, arch, max_tokens):
+    """The fused-GEMV decoder layers ($MINISGL_FUSED_GEMV_MAX_TOKENS: off, one-token steps,
+    up to four) in graphs and eager steps, for Llama, Qwen2 (qkv bias) and Qwen3 (q/k norm):
+    decode logprobs track float32 as closely as bf16 does, and the path is taken exactly
+    for steps of at most that many tokens."""
+    from minisgl.env import ENV
+
+    model = request.getfixturevalue({"llama": "gqa4_model", "qwen2": "qwen2_model",
+                                     "qwen3": "gpu_model"}[arch])
+    monkeypatch.setenv("MINISGL_FUSED_GEMV_MAX_TOKENS", max_tokens)
+    assert ENV.fused_gemv_max_tokens == int(max_tokens)
+    backend = "fa3,fi" if torch.cuda.get_device_capability()[0] >= 9 else "fi"
+    llm = LLM(model, device="cuda", dtype="bfloat16", num_pages=8192, attention_backend=backend,
+              cuda_graph_max_bs=2)  # graphs at 1-2 rows, eager steps of 3-20
+    net = llm.scheduler.engine.model
+    hidden = net.cfg.hidden_size
+    for t in (1, 2, 4, 5):
+        h = torch.zeros(t, hidden, dtype=torch.bfloat16, device="cuda")
+        assert net._fused_gemv(h) == (t <= int(max_tokens)), t
+    prompts, params = _decode_prompts()
+    _assert_decode_tracks_float32(prompts, llm.generate(prompts, params), _references(model))

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minisgl.distributed import TPGroup
+from minisgl.env import ENV
+from minisgl.layers.decode_gemv import gemv_add, norm_gemv, use_fused_gemv
 from minisgl.layers.linear import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -49,8 +51,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: Batch,
                 attn: AttentionBackend) -> torch.Tensor:
-        t = x.shape[0]
-        qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) D]
+        return self.o_proj(self.core(self.qkv_proj(x), positions, batch, attn))
+
+    def core(self, qkv: torch.Tensor, positions: torch.Tensor, batch: Batch,
+             attn: AttentionBackend) -> torch.Tensor:
+        """qkv [T, (H + 2 Hkv) D] -> attention output [T, H D], before o_proj."""
+        t = qkv.shape[0]
         if use_fused_qk_rope_store(qkv, self.head_dim):
             # norm + rope + KV store in one kernel; attention reads the stored K/V
             q = qk_rope_store(
@@ -61,7 +67,7 @@ class Attention(nn.Module):
                 attn.kv.k[self.layer_id], attn.kv.v[self.layer_id],
                 self.num_heads, self.num_kv_heads, self.head_dim)
             out = attn.attend(q, self.layer_id, batch)  # [T, H, D]
-            return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))
+            return out.reshape(t, self.num_heads * self.head_dim)
         q, k, v = qkv.split(
             [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
              self.num_kv_heads * self.head_dim], dim=-1)
@@ -72,7 +78,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
         out = attn.forward(q, k, v, self.layer_id, batch)  # [T, H, D]
-        return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))
+        return out.reshape(t, self.num_heads * self.head_dim)
 
 
 class MLP(nn.Module):
@@ -110,6 +116,17 @@ class DecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
+    def forward_fused(self, h: torch.Tensor, positions: torch.Tensor, batch: Batch,
+                      attn: AttentionBackend) -> None:
+        """The same block in four fused GEMV kernels (layers/decode_gemv.py) for one-token
+        steps: h [T, hidden] is the residual stream, updated in place (one rank only)."""
+        a, mlp = self.self_attn, self.mlp
+        ln1, ln2 = self.input_layernorm, self.post_attention_layernorm
+        qkv = norm_gemv(h, ln1.weight, ln1.eps, a.qkv_proj.weight, a.qkv_proj.bias)
+        gemv_add(a.core(qkv, positions, batch, attn), a.o_proj.weight, h)
+        act = norm_gemv(h, ln2.weight, ln2.eps, mlp.gate_up_proj.weight, silu=True)
+        gemv_add(act, mlp.down_proj.weight, h)
+
 
 # HF weight name -> (our module path, param name, fused part index)
 _RULES = [
@@ -138,14 +155,25 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp)
         self.rotary = rotary
+        self.fused_gemv_max_tokens = ENV.fused_gemv_max_tokens
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: Batch,
                 attn: AttentionBackend) -> torch.Tensor:
         """input_ids, positions [T] int64 -> hidden [T, hidden_size]."""
         h, residual = self.embed_tokens(input_ids), None
+        if self._fused_gemv(h):
+            for layer in self.layers:
+                layer.forward_fused(h, positions, batch, attn)
+            return self.norm(h)
         for layer in self.layers:
             h, residual = layer(h, residual, positions, batch, attn)
         return self.norm(h, residual)[0]
+
+    def _fused_gemv(self, h: torch.Tensor) -> bool:
+        """Steps of at most MINISGL_FUSED_GEMV_MAX_TOKENS tokens on one rank run the fused
+        GEMV layers (graphs are captured per batch size, so capture and replay agree)."""
+        return (h.shape[0] <= self.fused_gemv_max_tokens and self.tp.size == 1
+                and use_fused_gemv(h, self.layers[0].mlp.down_proj.weight))
 
     def logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head.logits(hidden, out)  # [N, padded_vocab] f32

@@ -1,0 +1,163 @@
+"""Decode GEMVs with a layer's small ops folded in (Triton), for one-token steps.
+
+At one decode token a Llama-3.1-8B layer streams 436 MB of weights (104 us at the card's
+4.19 TB/s). cuBLAS spends ~116 us on the four GEMVs, two of them with a split-K reduce
+kernel, and the layer adds small kernels around them: two add+RMSNorms, SiLU-and-mul. Each
+small kernel is only a few microseconds, but together they are a tenth of the step. Here each
+projection is one kernel that also does its neighbour's work:
+
+  norm_gemv(x, g, W)             y = RMSNorm(x; g) W^T            qkv (+ bias)
+  norm_gemv(x, g, W, silu=True)  y = silu(a) * b, [a | b] = RMSNorm(x; g) W^T   gate_up
+  gemv_add(a, W, r)              r += a W^T  (in place)           o_proj, down_proj
+
+so a layer is norm_gemv -> q/k rope + KV store -> attention -> gemv_add -> norm_gemv(silu)
+-> gemv_add, with the residual stream updated in place (the models' `forward_fused`).
+A program computes BLOCK_N outputs of one token over the whole K (no split-K): each
+re-derives its row's RMS from x (a few KB from L2) and streams BLOCK_N rows of W. The
+grid's second axis is the token, so W is read once per token: worth it only at one or a
+few tokens (MINISGL_FUSED_GEMV_MAX_TOKENS). The `*_reference` functions are the same math
+in PyTorch (the kernels' tests).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+
+from minisgl.layers.fused import _has_triton, use_fused
+
+
+class GemvConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+
+
+def default_config(n_out: int, k: int) -> GemvConfig:
+    """Blocks by shape: enough programs to fill the SMs twice over, long contiguous K runs."""
+    block_n = 8 if n_out <= 8192 else 16
+    return GemvConfig(block_n, min(512, _pow2(k)), 4)
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def use_fused_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """CUDA, half precision, Triton installed, rows contiguous."""
+    return use_fused(x) and _has_triton() and x.is_contiguous() and weight.is_contiguous()
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gemv(x_ptr, g_ptr, w_ptr, b_ptr, y_ptr, n_out, eps, K: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
+             SILU: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr):
+        m = tl.program_id(1)  # the token
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = rn < n_out
+        rk = tl.arange(0, BLOCK_K)
+        x_row = x_ptr + m * K
+        rstd = 1.0
+        if NORM:
+            ss = tl.zeros([BLOCK_K], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                xv = tl.load(x_row + k0 + rk, mask=k0 + rk < K, other=0.0).to(tl.float32)
+                ss += xv * xv
+            rstd = 1.0 / tl.sqrt(tl.sum(ss, 0) / K + eps)
+        acc = tl.zeros([BLOCK_N], tl.float32)
+        acc2 = tl.zeros([BLOCK_N], tl.float32)  # the up half (SILU)
+        w_rows = w_ptr + rn[:, None] * K
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            mk = kk < K
+            xv = tl.load(x_row + kk, mask=mk, other=0.0)
+            if NORM:  # RMSNorm's output, rounded to the activation dtype as a norm kernel's
+                g = tl.load(g_ptr + kk, mask=mk, other=0.0).to(tl.float32)
+                xv = (xv.to(tl.float32) * rstd * g).to(x_ptr.dtype.element_ty)
+            xf = xv.to(tl.float32)[None, :]
+            wm = mn[:, None] & mk[None, :]
+            w = tl.load(w_rows + kk[None, :], mask=wm, other=0.0)
+            acc += tl.sum(w.to(tl.float32) * xf, 1)
+            if SILU:
+                w2 = tl.load(w_rows + n_out * K + kk[None, :], mask=wm, other=0.0)
+                acc2 += tl.sum(w2.to(tl.float32) * xf, 1)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=mn, other=0.0).to(tl.float32)
+            if SILU:
+                acc2 += tl.load(b_ptr + n_out + rn, mask=mn, other=0.0).to(tl.float32)
+        if SILU:
+            acc = acc / (1.0 + tl.exp(-acc)) * acc2
+        y = y_ptr + m * n_out + rn
+        if ADD:
+            acc += tl.load(y, mask=mn, other=0.0).to(tl.float32)
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mn)
+
+    return gemv
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, n_out: int, *,
+            norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+            bias: torch.Tensor | None = None, silu: bool = False, add: bool = False,
+            config: GemvConfig | None = None) -> torch.Tensor:
+    t, k = x.shape
+    if weight.shape != (2 * n_out if silu else n_out, k):
+        raise ValueError(f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)} "
+                         f"and {n_out} outputs (silu={silu})")
+    if t == 0:
+        return y
+    cfg = config or default_config(n_out, k)
+    unused = weight  # a pointer the kernel never reads when its flag is off
+    _kernel()[(-(-n_out // cfg.block_n), t)](
+        x, unused if norm_weight is None else norm_weight, weight,
+        unused if bias is None else bias, y, n_out, eps, K=k, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, NORM=norm_weight is not None, SILU=silu, ADD=add,
+        HAS_BIAS=bias is not None, num_warps=cfg.num_warps)
+    return y
+
+
+def norm_gemv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
+              bias: torch.Tensor | None = None, silu: bool = False,
+              config: GemvConfig | None = None) -> torch.Tensor:
+    """x [T, K] -> RMSNorm(x) W^T + b [T, N]; with silu, W is [gate; up] ([2N, K]) and the
+    result silu(gate) * up [T, N]."""
+    n_out = weight.shape[0] // 2 if silu else weight.shape[0]
+    y = torch.empty(x.shape[0], n_out, dtype=x.dtype, device=x.device)
+    return _launch(x, weight, y, n_out, norm_weight=norm_weight, eps=eps, bias=bias, silu=silu,
+                   config=config)
+
+
+def gemv_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+             config: GemvConfig | None = None) -> torch.Tensor:
+    """residual [T, N] += x [T, K] W^T, in place; returns residual."""
+    if residual.shape != (x.shape[0], weight.shape[0]) or not residual.is_contiguous():
+        raise ValueError(f"residual {tuple(residual.shape)} must be a contiguous "
+                         f"[{x.shape[0]}, {weight.shape[0]}]")
+    return _launch(x, weight, residual, weight.shape[0], add=True, config=config)
+
+
+def norm_gemv_reference(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                        weight: torch.Tensor, bias: torch.Tensor | None = None,
+                        silu: bool = False) -> torch.Tensor:
+    """The kernel's math in PyTorch: float32 inside, the normed x rounded to x's dtype."""
+    x32 = x.float()
+    normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+              * norm_weight.float()).to(x.dtype)
+    y = normed.float() @ weight.float().t()
+    if bias is not None:
+        y = y + bias.float()
+    if silu:
+        gate, up = y.chunk(2, dim=-1)
+        y = torch.nn.functional.silu(gate) * up
+    return y.to(x.dtype)
+
+
+def gemv_add_reference(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor
+                       ) -> torch.Tensor:
+    return (residual.float() + x.float() @ weight.float().t()).to(residual.dtype)
