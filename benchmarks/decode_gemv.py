@@ -5,8 +5,9 @@ Per op, microseconds in a graph over `--copies` distinct weight copies (so W com
 not L2): `cublas` is F.linear alone, `unfused` what the model runs without the fused path
 (qkv: add+RMSNorm then F.linear; gate_up: add+RMSNorm, F.linear, SiLU-and-mul; o / down:
 F.linear, whose residual add is in the next norm), `fused` the Triton kernel with the
-default blocks, `best` the fastest of a sweep of blocks (and which). `gbs` is W's bytes over
-the fused time.
+default blocks and programmatic dependent launch on Hopper (as the engine runs it: one
+kernel starts loading its W while the previous drains), `fused_no_pdl` with plain launches,
+`best` the fastest of a sweep of blocks (and which). `gbs` is W's bytes over the fused time.
 
   python benchmarks/decode_gemv.py --model llama-3.1-8b
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +52,19 @@ def graph_us(fn, copies: int, reps: int = 20) -> float:
     stop.record()
     stop.synchronize()
     return 1000 * start.elapsed_time(stop) / reps / copies
+
+
+def no_pdl(fn):
+    """fn() with $MINISGL_PDL=0 (plain launches)."""
+    old = os.environ.get("MINISGL_PDL")
+    os.environ["MINISGL_PDL"] = "0"
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ["MINISGL_PDL"]
+        else:
+            os.environ["MINISGL_PDL"] = old
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                "cublas_us": round(graph_us(lambda i: F.linear(x, ws[i]), args.copies), 2),
                "unfused_us": round(graph_us(unfused, args.copies), 2),
                "fused_us": round(graph_us(fused, args.copies), 2),
+               "fused_no_pdl_us": round(no_pdl(lambda: graph_us(fused, args.copies)), 2),
                "default": list(default_config(n, k))}
         if args.sweep:
             times = {c: graph_us(lambda i, c=c: fused(i, c), args.copies)
@@ -103,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
         del ws
         torch.cuda.empty_cache()
-    total = {key: round(sum(r[key] for r in rows), 2) for key in ("cublas_us", "unfused_us",
-                                                                  "fused_us", "best_us")
+    total = {key: round(sum(r[key] for r in rows), 2)
+             for key in ("cublas_us", "unfused_us", "fused_us", "fused_no_pdl_us", "best_us")
              if all(key in r for r in rows)}
     result = {"benchmark": "decode-gemv", "model": args.model, "device": device_name("cuda"),
               "copies": args.copies, "rows": rows, "layer_total": total}

@@ -69,5 +69,12 @@ class _Env:
         run the fused-GEMV decoder layers (layers/decode_gemv.py); 0 = never (default 1)."""
         return int(_number("MINISGL_FUSED_GEMV_MAX_TOKENS", 1, int, 0))
 
+    @property
+    def pdl(self) -> bool:
+        """MINISGL_PDL: launch the decode-path Triton kernels with programmatic dependent
+        launch on Hopper and newer, so each starts streaming its weights while the previous
+        kernel finishes (default 1; 0 = plain launches)."""
+        return bool(_number("MINISGL_PDL", 1, int, 0))
+
 
 ENV = _Env()

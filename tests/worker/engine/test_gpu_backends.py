@@ -238,18 +238,24 @@ def _references(model: str):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-@pytest.mark.parametrize("max_tokens", ["0", "1", "4"])
-def test_fused_gemv_layers_match_float32_reference(request, monkeypatch, arch, max_tokens):
+@pytest.mark.parametrize("max_tokens,pdl", [("0", "1"), ("1", "1"), ("4", "1"), ("1", "0")])
+def test_fused_gemv_layers_match_float32_reference(request, monkeypatch, arch, max_tokens, pdl):
     """The fused-GEMV decoder layers ($MINISGL_FUSED_GEMV_MAX_TOKENS: off, one-token steps,
-    up to four) in graphs and eager steps, for Llama, Qwen2 (qkv bias) and Qwen3 (q/k norm):
-    decode logprobs track float32 as closely as bf16 does, and the path is taken exactly
-    for steps of at most that many tokens."""
+    up to four), with and without programmatic dependent launch ($MINISGL_PDL, Hopper+), in
+    graphs and eager steps, for Llama, Qwen2 (qkv bias) and Qwen3 (q/k norm): decode
+    logprobs track float32 as closely as bf16 does, and the path is taken exactly for steps
+    of at most that many tokens."""
     from minisgl.env import ENV
+    from minisgl.layers.fused import pdl_launch
 
     model = request.getfixturevalue({"llama": "gqa4_model", "qwen2": "qwen2_model",
                                      "qwen3": "gpu_model"}[arch])
     monkeypatch.setenv("MINISGL_FUSED_GEMV_MAX_TOKENS", max_tokens)
+    monkeypatch.setenv("MINISGL_PDL", pdl)
     assert ENV.fused_gemv_max_tokens == int(max_tokens)
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    probe = torch.zeros(1, device="cuda")
+    assert pdl_launch(probe) == ({"launch_pdl": True} if pdl == "1" and hopper else {})
     backend = "fa3,fi" if torch.cuda.get_device_capability()[0] >= 9 else "fi"
     llm = LLM(model, device="cuda", dtype="bfloat16", num_pages=8192, attention_backend=backend,
               cuda_graph_max_bs=2)  # graphs at 1-2 rows, eager steps of 3-20

@@ -20,6 +20,8 @@ import functools
 
 import torch
 
+from minisgl.layers.fused import pdl_launch
+
 MIN_CHUNK = 32  # tokens: a program's share of a row is at least one key tile
 BLOCK_N = 32  # keys per tl.dot tile
 MAX_SPLITS = 64
@@ -39,7 +41,10 @@ def _kernels():
                              part_o_ptr, part_lse_ptr, out_ptr, sm_scale,
                              H: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
                              GP: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
-                             BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr):
+                             BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # launched early (layers/fused.py: pdl_launch): wait for q and the new K/V
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         s = tl.program_id(2)
@@ -85,7 +90,11 @@ def _kernels():
 
     @triton.jit
     def split_decode_merge(part_o_ptr, part_lse_ptr, seq_ptr, out_ptr, H: tl.constexpr,
-                           D: tl.constexpr, S: tl.constexpr, MIN_CHUNK: tl.constexpr):
+                           D: tl.constexpr, S: tl.constexpr, MIN_CHUNK: tl.constexpr,
+                           PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         b = tl.program_id(0)
         h = tl.program_id(1)
         seq = tl.load(seq_ptr + b).to(tl.int32)
@@ -163,16 +172,17 @@ class SplitDecode:
         partial, merge = _kernels()
         group = self.num_heads // self.num_kv_heads
         table = self.slot_table
+        pdl = pdl_launch(q)
         partial[(self.batch_size, self.num_kv_heads, self.splits)](
             q.contiguous(), k_cache, v_cache, table, table.stride(0), self.state_slots,
             self.seq_lens, self.part_o, self.part_lse, self.out, sm_scale,
             H=self.num_heads, HKV=self.num_kv_heads, GROUP=group,
             GP=max(16, 1 << (group - 1).bit_length()), D=self.head_dim, S=self.splits,
-            BLOCK_N=BLOCK_N, MIN_CHUNK=self.min_chunk)
+            BLOCK_N=BLOCK_N, MIN_CHUNK=self.min_chunk, PDL=bool(pdl), **pdl)
         if self.splits > 1:
             merge[(self.batch_size, self.num_heads)](
                 self.part_o, self.part_lse, self.seq_lens, self.out, H=self.num_heads,
-                D=self.head_dim, S=self.splits, MIN_CHUNK=self.min_chunk)
+                D=self.head_dim, S=self.splits, MIN_CHUNK=self.min_chunk, PDL=bool(pdl), **pdl)
         return self.out
 
 

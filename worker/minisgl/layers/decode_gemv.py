@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from minisgl.layers.fused import _has_triton, use_fused
+from minisgl.layers.fused import _has_triton, pdl_launch, use_fused
 
 
 class GemvConfig(NamedTuple):
@@ -35,10 +35,10 @@ class GemvConfig(NamedTuple):
     num_warps: int
 
 
-def default_config(n_out: int, k: int) -> GemvConfig:
-    """Blocks by shape: enough programs to fill the SMs twice over, long contiguous K runs."""
-    block_n = 8 if n_out <= 8192 else 16
-    return GemvConfig(block_n, min(512, _pow2(k)), 4)
+def default_config(n_out: int, k: int, silu: bool = False) -> GemvConfig:
+    """Blocks by shape, from benchmarks/decode_gemv.py --sweep on an H200 (Llama-3.1-8B):
+    4 rows a program (16 for gate_up, which streams two), 1,024-wide K runs."""
+    return GemvConfig(16 if silu else 4, min(1024, _pow2(k)), 4)
 
 
 def _pow2(n: int) -> int:
@@ -58,12 +58,23 @@ def _kernel():
     @triton.jit
     def gemv(x_ptr, g_ptr, w_ptr, b_ptr, y_ptr, n_out, eps, K: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
-             SILU: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr):
+             SILU: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr,
+             PDL: tl.constexpr):
         m = tl.program_id(1)  # the token
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = rn < n_out
         rk = tl.arange(0, BLOCK_K)
         x_row = x_ptr + m * K
+        w_rows = w_ptr + rn[:, None] * K
+        # the first W tiles do not depend on the previous kernel: load them before waiting
+        w_mask = mn[:, None] & (rk < K)[None, :]
+        w = tl.load(w_rows + rk[None, :], mask=w_mask, other=0.0)
+        w2 = w
+        if SILU:
+            w2 = tl.load(w_rows + n_out * K + rk[None, :], mask=w_mask, other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()  # x / the residual are the previous kernels' outputs
         rstd = 1.0
         if NORM:
             ss = tl.zeros([BLOCK_K], tl.float32)
@@ -73,21 +84,25 @@ def _kernel():
             rstd = 1.0 / tl.sqrt(tl.sum(ss, 0) / K + eps)
         acc = tl.zeros([BLOCK_N], tl.float32)
         acc2 = tl.zeros([BLOCK_N], tl.float32)  # the up half (SILU)
-        w_rows = w_ptr + rn[:, None] * K
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             mk = kk < K
+            # the next tiles load while this one is summed (a two-stage pipeline by hand)
+            nk = kk + BLOCK_K
+            nm = mn[:, None] & (nk < K)[None, :]
+            w_next = tl.load(w_rows + nk[None, :], mask=nm, other=0.0)
+            w2_next = w_next
+            if SILU:
+                w2_next = tl.load(w_rows + n_out * K + nk[None, :], mask=nm, other=0.0)
             xv = tl.load(x_row + kk, mask=mk, other=0.0)
             if NORM:  # RMSNorm's output, rounded to the activation dtype as a norm kernel's
                 g = tl.load(g_ptr + kk, mask=mk, other=0.0).to(tl.float32)
                 xv = (xv.to(tl.float32) * rstd * g).to(x_ptr.dtype.element_ty)
             xf = xv.to(tl.float32)[None, :]
-            wm = mn[:, None] & mk[None, :]
-            w = tl.load(w_rows + kk[None, :], mask=wm, other=0.0)
             acc += tl.sum(w.to(tl.float32) * xf, 1)
             if SILU:
-                w2 = tl.load(w_rows + n_out * K + kk[None, :], mask=wm, other=0.0)
                 acc2 += tl.sum(w2.to(tl.float32) * xf, 1)
+            w, w2 = w_next, w2_next
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=mn, other=0.0).to(tl.float32)
             if SILU:
@@ -112,13 +127,14 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, n_out: int, 
                          f"and {n_out} outputs (silu={silu})")
     if t == 0:
         return y
-    cfg = config or default_config(n_out, k)
+    cfg = config or default_config(n_out, k, silu)
+    pdl = pdl_launch(x)
     unused = weight  # a pointer the kernel never reads when its flag is off
     _kernel()[(-(-n_out // cfg.block_n), t)](
         x, unused if norm_weight is None else norm_weight, weight,
         unused if bias is None else bias, y, n_out, eps, K=k, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, NORM=norm_weight is not None, SILU=silu, ADD=add,
-        HAS_BIAS=bias is not None, num_warps=cfg.num_warps)
+        HAS_BIAS=bias is not None, PDL=bool(pdl), num_warps=cfg.num_warps, **pdl)
     return y
 
 

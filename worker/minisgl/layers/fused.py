@@ -42,3 +42,30 @@ def use_fused_qk_rope_store(qkv: torch.Tensor, head_dim: int) -> bool:
     precision, a power-of-two head_dim, Triton installed."""
     return (use_fused(qkv) and head_dim >= 32 and head_dim & (head_dim - 1) == 0
             and qkv.stride(-1) == 1 and _has_triton())
+
+
+@functools.cache
+def _pdl_supported(device_index: int) -> bool:
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1" or not _has_triton():
+        return False
+    import triton.language as tl
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    return (torch.cuda.get_device_capability(device_index)[0] >= 9
+            and hasattr(tl.extra.cuda, "gdc_wait")
+            and "launch_pdl" in CUDAOptions.__dataclass_fields__)
+
+
+def pdl_launch(x: torch.Tensor) -> dict:
+    """Launch options for a Triton kernel that calls gdc_launch_dependents / gdc_wait under
+    its PDL flag: programmatic dependent launch (Hopper+, $MINISGL_PDL): the kernel may start
+    while the previous one drains and waits (griddepcontrol.wait) before reading its
+    outputs. Every write and every read of a previous kernel's output in such a kernel comes
+    after the wait, so the overlap only covers loads of weights and its own launch."""
+    from minisgl.env import ENV
+
+    if x.is_cuda and ENV.pdl and _pdl_supported(x.device.index or 0):
+        return {"launch_pdl": True}
+    return {}

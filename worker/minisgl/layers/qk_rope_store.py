@@ -15,6 +15,7 @@ import functools
 
 import torch
 
+from minisgl.layers.fused import pdl_launch
 from minisgl.layers.rotary import _rotate
 
 
@@ -27,7 +28,10 @@ def _kernel():
     def qk_rope_store(qkv_ptr, qkv_stride, pos_ptr, cos_sin_ptr, qw_ptr, kw_ptr, slots_ptr,
                       q_out_ptr, k_cache_ptr, v_cache_ptr, eps,
                       H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BH: tl.constexpr,
-                      BKV: tl.constexpr, HAS_NORM: tl.constexpr):
+                      BKV: tl.constexpr, HAS_NORM: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # launched early (layers/fused.py: pdl_launch): wait for qkv
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         t = tl.program_id(0)
         half: tl.constexpr = D // 2
         offs = tl.arange(0, half)[None, :]  # [1, D/2]
@@ -86,10 +90,11 @@ def qk_rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Ten
         return q
     has_norm = q_weight is not None
     w = q_weight if has_norm else cos_sin  # unused pointer when there is no norm
+    pdl = pdl_launch(qkv)
     _kernel()[(t,)](
         qkv, qkv.stride(0), positions, cos_sin, w, k_weight if has_norm else w, slots, q,
         k_cache, v_cache, eps, H=num_heads, HKV=num_kv_heads, D=head_dim,
-        BH=_pow2(num_heads), BKV=_pow2(num_kv_heads), HAS_NORM=has_norm)
+        BH=_pow2(num_heads), BKV=_pow2(num_kv_heads), HAS_NORM=has_norm, PDL=bool(pdl), **pdl)
     return q
 
 
