@@ -178,7 +178,8 @@ def engine_record(args: argparse.Namespace) -> dict:
     from minisgl.attention.flashinfer_backend import (DECODE_TC_ENV, NO_SPLIT_ENV,
                                                       SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV)
 
-    knobs = (DECODE_TC_ENV, NO_SPLIT_ENV, SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV)  # decode kernels
+    knobs = (DECODE_TC_ENV, NO_SPLIT_ENV, SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV,  # decode kernels
+             "MINISGL_FUSED_GEMV_MAX_TOKENS", "MINISGL_PDL", "MINISGL_GEMV_SILU_BLOCKS")
     env = {k: os.environ[k] for k in knobs if os.environ.get(k)}
     if env:
         rec["env"] = env

@@ -31,7 +31,7 @@ from minisgl.layers.decode_gemv import GemvConfig, default_config, gemv_add, nor
 from minisgl.layers.fused import flashinfer_ops  # noqa: E402
 from minisgl.models.config import ModelConfig  # noqa: E402
 
-SWEEP = [GemvConfig(n, k, w) for n, k, w in itertools.product((4, 8, 16, 32), (256, 512, 1024),
+SWEEP = [GemvConfig(n, k, w) for n, k, w in itertools.product((4, 8, 16), (256, 512, 1024),
                                                                 (4, 8))]
 
 
@@ -108,12 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
                "unfused_us": round(graph_us(unfused, args.copies), 2),
                "fused_us": round(graph_us(fused, args.copies), 2),
                "fused_no_pdl_us": round(no_pdl(lambda: graph_us(fused, args.copies)), 2),
-               "default": list(default_config(n, k))}
+               "default": list(default_config(n, k, kind == "silu"))}
         if args.sweep:
             times = {c: graph_us(lambda i, c=c: fused(i, c), args.copies)
                      for c in SWEEP if c.block_k <= k}
             best = min(times, key=times.get)
-            row.update(best_us=round(times[best], 2), best=list(best))
+            row.update(best_us=round(times[best], 2), best=list(best),
+                       sweep={",".join(map(str, c)): round(us, 2) for c, us in times.items()})
         row["gbs"] = round(w_rows * k * 2 / row["fused_us"] / 1e3, 1)
         print(json.dumps(row), flush=True)
         rows.append(row)

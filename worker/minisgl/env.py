@@ -76,5 +76,21 @@ class _Env:
         kernel finishes (default 1; 0 = plain launches)."""
         return bool(_number("MINISGL_PDL", 1, int, 0))
 
+    @property
+    def gemv_silu_blocks(self) -> tuple[int, int, int] | None:
+        """MINISGL_GEMV_SILU_BLOCKS (tuning): "block_n,block_k,num_warps" of the fused
+        gate_up GEMV kernel instead of its default (powers of two)."""
+        raw = _text("MINISGL_GEMV_SILU_BLOCKS")
+        if raw is None:
+            return None
+        try:
+            parts = tuple(int(p) for p in raw.split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) != 3 or any(p < 1 or p & (p - 1) for p in parts):
+            raise ValueError(f"MINISGL_GEMV_SILU_BLOCKS must be three powers of two "
+                             f"'block_n,block_k,num_warps', got {raw!r}")
+        return parts
+
 
 ENV = _Env()

@@ -256,8 +256,7 @@ def test_fused_gemv_layers_match_float32_reference(request, monkeypatch, arch, m
     hopper = torch.cuda.get_device_capability()[0] >= 9
     probe = torch.zeros(1, device="cuda")
     assert pdl_launch(probe) == ({"launch_pdl": True} if pdl == "1" and hopper else {})
-    backend = "fa3,fi" if torch.cuda.get_device_capability()[0] >= 9 else "fi"
-    llm = LLM(model, device="cuda", dtype="bfloat16", num_pages=8192, attention_backend=backend,
+    llm = LLM(model, device="cuda", dtype="bfloat16", num_pages=8192, attention_backend="fi",
               cuda_graph_max_bs=2)  # graphs at 1-2 rows, eager steps of 3-20
     net = llm.scheduler.engine.model
     hidden = net.cfg.hidden_size

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from minisgl.env import ENV
 from minisgl.layers.fused import _has_triton, pdl_launch, use_fused
 
 
@@ -37,8 +38,12 @@ class GemvConfig(NamedTuple):
 
 def default_config(n_out: int, k: int, silu: bool = False) -> GemvConfig:
     """Blocks by shape, from benchmarks/decode_gemv.py --sweep on an H200 (Llama-3.1-8B):
-    4 rows a program (16 for gate_up, which streams two), 1,024-wide K runs."""
-    return GemvConfig(16 if silu else 4, min(1024, _pow2(k)), 4)
+    4 rows a program, 1,024-wide K runs; gate_up streams two tiles (gate and up), each
+    double-buffered, so it takes shorter runs ($MINISGL_GEMV_SILU_BLOCKS overrides it)."""
+    if silu:
+        override = ENV.gemv_silu_blocks
+        return GemvConfig(*override) if override else GemvConfig(16, 512, 8)
+    return GemvConfig(4, min(1024, _pow2(k)), 4)
 
 
 def _pow2(n: int) -> int:
