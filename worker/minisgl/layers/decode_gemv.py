@@ -42,7 +42,7 @@ def default_config(n_out: int, k: int, silu: bool = False) -> GemvConfig:
     double-buffered, so it takes shorter runs ($MINISGL_GEMV_SILU_BLOCKS overrides it)."""
     if silu:
         override = ENV.gemv_silu_blocks
-        return GemvConfig(*override) if override else GemvConfig(16, 512, 8)
+        return GemvConfig(*override) if override else GemvConfig(8, 256, 4)
     return GemvConfig(4, min(1024, _pow2(k)), 4)
 
 
