@@ -37,12 +37,14 @@ class GemvConfig(NamedTuple):
 
 
 def default_config(n_out: int, k: int, silu: bool = False) -> GemvConfig:
-    """Blocks by shape, from benchmarks/decode_gemv.py --sweep on an H200 (Llama-3.1-8B):
-    4 rows a program, 1,024-wide K runs; gate_up streams two tiles (gate and up), each
-    double-buffered, so it takes shorter runs ($MINISGL_GEMV_SILU_BLOCKS overrides it)."""
-    if silu:
-        override = ENV.gemv_silu_blocks
-        return GemvConfig(*override) if override else GemvConfig(8, 256, 4)
+    """Blocks by shape, from benchmarks/decode_gemv.py --sweep on an H200: 4 rows a program
+    and 1,024-wide K runs (Llama-3.1-8B's qkv / o / down, all of Qwen3-0.6B's); a wide
+    gate_up (8B: 28,672 rows, two double-buffered tiles a program) runs 8 x 256 blocks
+    ($MINISGL_GEMV_SILU_BLOCKS overrides gate_up's)."""
+    if silu and ENV.gemv_silu_blocks:
+        return GemvConfig(*ENV.gemv_silu_blocks)
+    if silu and n_out >= 8192:
+        return GemvConfig(8, 256, 4)
     return GemvConfig(4, min(1024, _pow2(k)), 4)
 
 
