@@ -68,3 +68,33 @@ def test_default_config_keeps_the_gpu_busy_on_llama_shapes():
         cfg = default_config(n, k)
         assert -(-n // cfg.block_n) >= 128, (n, k, cfg)  # programs for 132 SMs
         assert cfg.block_k & (cfg.block_k - 1) == 0 and cfg.block_k <= k
+
+
+def test_gate_up_blocks_come_from_the_environment_or_fail_clearly(monkeypatch):
+    from minisgl.layers.decode_gemv import GemvConfig, default_config
+
+    assert default_config(14336, 4096, silu=True) == GemvConfig(8, 256, 4)  # wide gate_up
+    assert default_config(3072, 1024, silu=True) == GemvConfig(4, 1024, 4)
+    monkeypatch.setenv("MINISGL_GEMV_SILU_BLOCKS", "16,512,8")
+    assert default_config(14336, 4096, silu=True) == GemvConfig(16, 512, 8)
+    assert default_config(4096, 4096) == GemvConfig(4, 1024, 4)  # only gate_up's
+    for bad in ("16,500,8", "16,512", "a,b,c", "0,512,4"):
+        monkeypatch.setenv("MINISGL_GEMV_SILU_BLOCKS", bad)
+        with pytest.raises(ValueError, match="MINISGL_GEMV_SILU_BLOCKS"):
+            default_config(14336, 4096, silu=True)
+
+
+def test_fused_path_and_pdl_stay_off_on_the_cpu(monkeypatch):
+    import torch
+
+    from minisgl.layers.decode_gemv import use_fused_gemv
+    from minisgl.layers.fused import pdl_launch
+
+    x = torch.zeros(1, 64, dtype=torch.bfloat16)
+    assert not use_fused_gemv(x, torch.zeros(64, 64, dtype=torch.bfloat16))
+    assert pdl_launch(x) == {}
+    monkeypatch.setenv("MINISGL_PDL", "maybe")
+    from minisgl.env import ENV
+
+    with pytest.raises(ValueError, match="MINISGL_PDL"):
+        ENV.pdl
