@@ -186,6 +186,19 @@ def engine_record(args: argparse.Namespace) -> dict:
     return rec
 
 
+def replay_us(graph, n: int = 20, warm: int = 1) -> float:
+    """Microseconds of one replay of a captured CUDA graph (CUDA events, after warm replays)."""
+    for _ in range(warm):
+        graph.replay()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        graph.replay()
+    stop.record()
+    stop.synchronize()
+    return 1000 * start.elapsed_time(stop) / n
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

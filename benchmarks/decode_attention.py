@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_name, emit, resolve_model  # noqa: E402
+from common import device_name, emit, replay_us, resolve_model  # noqa: E402
 
 from minisgl.attention.flashinfer_backend import fa3_fi  # noqa: E402
 from minisgl.engine.batch import Batch  # noqa: E402
@@ -54,16 +54,7 @@ def graph_us(attn, q: torch.Tensor, table: torch.Tensor, layers: int, variant: s
     with torch.cuda.graph(graph):
         for layer in range(layers):
             attn.attend(q, layer, batch)
-    for _ in range(3):
-        graph.replay()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    n = 20
-    start.record()
-    for _ in range(n):
-        graph.replay()
-    stop.record()
-    stop.synchronize()
-    return 1000 * start.elapsed_time(stop) / n / layers, first
+    return replay_us(graph, 20, 3) / layers, first
 
 
 def main(argv: list[str] | None = None) -> dict:

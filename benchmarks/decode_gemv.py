@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_name, emit, resolve_model  # noqa: E402
+from common import device_name, emit, replay_us, resolve_model  # noqa: E402
 
 from minisgl.layers.decode_gemv import GemvConfig, default_config, gemv_add, norm_gemv  # noqa: E402
 from minisgl.layers.fused import flashinfer_ops  # noqa: E402
@@ -44,14 +44,7 @@ def graph_us(fn, copies: int, reps: int = 20) -> float:
     with torch.cuda.graph(graph):
         for i in range(copies):
             fn(i)
-    graph.replay()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    stop.record()
-    stop.synchronize()
-    return 1000 * start.elapsed_time(stop) / reps / copies
+    return replay_us(graph, reps) / copies
 
 
 def no_pdl(fn):
@@ -118,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["gbs"] = round(w_rows * k * 2 / row["fused_us"] / 1e3, 1)
         print(json.dumps(row), flush=True)
         rows.append(row)
-        del ws
+        ws.clear()  # free the copies before the next op's
         torch.cuda.empty_cache()
     total = {key: round(sum(r[key] for r in rows), 2)
              for key in ("cublas_us", "unfused_us", "fused_us", "fused_no_pdl_us", "best_us")

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_engine_args, build_llm, device_name, emit, engine_record,  # noqa: E402
-                    finish_engine_args, hardware_anchors, latency_prompt, offline_workload)
+                    finish_engine_args, hardware_anchors, latency_prompt, offline_workload, replay_us)
 
 from minisgl import SamplingParams  # noqa: E402
 
@@ -83,18 +83,6 @@ def timed(fn) -> float:
     fn()
     torch.cuda.synchronize()
     return time.perf_counter() - t
-
-
-def replay_us(graph, n: int = 50) -> float:
-    for _ in range(3):
-        graph.replay()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        graph.replay()
-    stop.record()
-    stop.synchronize()
-    return round(1000 * start.elapsed_time(stop) / n, 1)
 
 
 def bench_us(fn, n: int = 30) -> float:
@@ -287,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         phase = {"ms_per_token": round(1000 * (tn - t1) / 256, 4), "profiled_steps": steps,
                  "profiled_wall_ms": round(1000 * wall, 2), **table}
         if engine.graphs is not None:
-            phase["graph_replay_us"] = replay_us(engine.graphs.graphs[1])
+            phase["graph_replay_us"] = round(replay_us(engine.graphs.graphs[1], 50, 3), 1)
         result["phases"]["b1"] = phase
         print("b1", json.dumps(phase, indent=1), flush=True)
 
@@ -312,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
             phase = {"ms_per_step": round(1000 * (tn - t1) / n, 3), "context": args.b256_input,
                      "profiled_steps": n, "profiled_wall_ms": round(1000 * wall, 1), **table}
             if engine.graphs is not None:
-                phase["graph_replay_us"] = replay_us(engine.graphs.graphs[256], 20)
+                phase["graph_replay_us"] = round(replay_us(engine.graphs.graphs[256], 20, 3), 1)
             result["phases"]["b256"] = phase
             print("b256", json.dumps(phase, indent=1), flush=True)
     emit(result, "profile", args)
