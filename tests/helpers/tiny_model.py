@@ -112,8 +112,11 @@ def tiny_config(arch: str, vocab_size: int, eos_id: int, **overrides) -> "object
 
 
 def build_tiny_model(out_dir: Path | str, arch: str = "llama", seed: int = 0,
-                     max_shard_size: str | None = None, **overrides) -> Path:
-    """Write config.json + model.safetensors + tokenizer files for a random tiny model."""
+                     max_shard_size: str | None = None, random_vectors: bool = False,
+                     **overrides) -> Path:
+    """Write config.json + model.safetensors + tokenizer files for a random tiny model.
+    random_vectors: biases and norm weights random too (transformers starts them at 0 and 1,
+    which would hide a kernel that drops or misindexes them)."""
     import torch
     import transformers
 
@@ -128,6 +131,10 @@ def build_tiny_model(out_dir: Path | str, arch: str = "llama", seed: int = 0,
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.25 if "embed" not in name else 1.0)
+            elif random_vectors and name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+            elif random_vectors:  # norm weights
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
     extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(str(out_dir), safe_serialization=True, **extra)
     return out_dir

@@ -40,11 +40,17 @@ for dtype in (torch.float32, torch.float16):
         out = gemv_add(x, w, res, config=cfg)
         results.append(dict(op="gemv_add", dtype=str(dtype), t=t, in_place=out is res,
                             diff=diff(res, ref), scale=ref.float().abs().max().item()))
-try:
-    gemv_add(x, w, torch.randn(t, n + 1).to(dtype))
-    results.append("no error")
-except ValueError as e:
-    results.append(str(e))
+errors = []
+for bad in (lambda: gemv_add(x, w, torch.randn(t, n + 1).to(dtype)),
+            lambda: gemv_add(x.t().contiguous().t(), w, torch.randn(t, n).to(dtype)),
+            lambda: norm_gemv(x, g[:-1], 1e-6, w),
+            lambda: norm_gemv(x, g, 1e-6, w, torch.randn(n + 1).to(dtype))):
+    try:
+        bad()
+        errors.append("no error")
+    except ValueError as e:
+        errors.append(str(e))
+results.append(errors)
 print(json.dumps(results))
 """
 
@@ -58,7 +64,11 @@ def test_kernels_match_reference_under_the_triton_interpreter():
         tol = 1e-4 * max(1.0, r["scale"]) if r["dtype"] == "torch.float32" else r["scale"] * 2**-9
         assert r["diff"] <= tol, r
     assert all(r["in_place"] for r in cases if r["op"] == "gemv_add")
-    assert "residual" in error and "contiguous" in error
+    shape, strided, norm, bias = error
+    assert "residual" in shape and "[3, 16]" in shape, shape
+    assert "contiguous x" in strided, strided
+    assert norm.startswith("norm weight"), norm
+    assert bias.startswith("bias"), bias
 
 
 def test_default_config_keeps_the_gpu_busy_on_llama_shapes():

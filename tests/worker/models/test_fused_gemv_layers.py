@@ -33,7 +33,7 @@ prompts = [[5, 9, 14, 3], [7, 7, 2, 30, 31, 8], [11]]
 p = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, logprobs=0)
 results = []
 for arch in ("llama", "qwen2", "qwen3"):
-    model = str(build_tiny_model(root / arch, arch))
+    model = str(build_tiny_model(root / arch, arch, random_vectors=True))
     runs = {}
     for max_tokens in ("0", "4"):
         os.environ["MINISGL_FUSED_GEMV_MAX_TOKENS"] = max_tokens

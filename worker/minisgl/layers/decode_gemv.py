@@ -11,7 +11,9 @@ projection is one kernel that also does its neighbour's work:
   gemv_add(a, W, r)              r += a W^T  (in place)           o_proj, down_proj
 
 so a layer is norm_gemv -> q/k rope + KV store -> attention -> gemv_add -> norm_gemv(silu)
--> gemv_add, with the residual stream updated in place (the models' `forward_fused`).
+-> gemv_add, with the residual stream updated in place (the models' `forward_fused`). It is
+close to, not bit-identical with, the unfused layers: the GEMV sums are added to the residual
+and fed to SiLU-and-mul in float32 without first rounding them to bf16 (one rounding fewer).
 A program computes BLOCK_N outputs of one token over the whole K (no split-K): each
 re-derives its row's RMS from x (a few KB from L2) and streams BLOCK_N rows of W. The
 grid's second axis is the token, so W is read once per token: worth it only at one or a
@@ -129,9 +131,17 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, n_out: int, 
             bias: torch.Tensor | None = None, silu: bool = False, add: bool = False,
             config: GemvConfig | None = None) -> torch.Tensor:
     t, k = x.shape
-    if weight.shape != (2 * n_out if silu else n_out, k):
+    rows = 2 * n_out if silu else n_out
+    if weight.shape != (rows, k):
         raise ValueError(f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)} "
                          f"and {n_out} outputs (silu={silu})")
+    if norm_weight is not None and norm_weight.shape != (k,):
+        raise ValueError(f"norm weight {tuple(norm_weight.shape)} must be [{k}]")
+    if bias is not None and bias.shape != (rows,):
+        raise ValueError(f"bias {tuple(bias.shape)} must be [{rows}]")
+    # the kernel indexes rows densely (x + m * K, W + n * K)
+    if not all(a is None or a.is_contiguous() for a in (x, weight, y, norm_weight, bias)):
+        raise ValueError("the fused GEMV takes contiguous x, weight, output, norm weight, bias")
     if t == 0:
         return y
     cfg = config or default_config(n_out, k, silu)
