@@ -25,9 +25,8 @@ class DecodeManager:
     def can_decode(self, req: Req) -> bool:
         """Admitted, prompt launched, and not certain to stop on length with the tokens
         already launched (so overlap never launches a step it knows will be dropped).
-        A constrained request waits for its last token: its grammar mask needs it."""
-        if req.matcher is not None and req.inflight:
-            return False
+        A constrained request's mask needs its last token: the scheduler commits the step in
+        flight before it fills the mask (Scheduler._mask)."""
         launched = req.num_tokens_launched
         return (req.admitted and not req.finished and req.prefill_done
                 and launched < req.params.max_tokens

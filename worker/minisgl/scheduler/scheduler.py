@@ -19,8 +19,9 @@ rank 0 sees its compile done and every rank admits it at the same point of the m
 cannot compile is reported through take_errors(). `LLM` compiles in add_request.
 A constrained request's matcher advances as its tokens are processed;
 the step that samples it fills its bitmask on the host after the forward is enqueued
-(overlapping the GPU). Under overlap a constrained row skips the step launched while its
-previous token is in flight, so unconstrained rows keep overlapping.
+(overlapping the GPU). Under overlap its previous token may still be in flight: that step's
+mask callback first commits the step in flight (the GPU already runs the new forward), so a
+constrained row takes every step, as the others do.
 """
 
 from __future__ import annotations
@@ -207,9 +208,11 @@ class Scheduler:
             outputs += self._finish_in_flight()
             batch = self._schedule(in_flight=False)
         previous, self._in_flight = self._in_flight, None
+        committed: list[bool] = []  # the previous step was committed inside the launch
         if batch is not None:
-            self._in_flight = (batch, self.engine.launch(batch, self._mask(batch)))
-        if previous is not None:
+            mask = self._mask(batch, previous, outputs, committed)
+            self._in_flight = (batch, self.engine.launch(batch, mask))
+        if previous is not None and not committed:
             outputs += self._commit(*previous)
         if not self.overlap and self._in_flight is not None:
             outputs += self._finish_in_flight()
@@ -272,12 +275,26 @@ class Scheduler:
             batch.rows[r].inflight += 1
         return batch
 
-    def _mask(self, batch: Batch):
-        """The grammar bitmask callback of a batch with constrained sample rows, else None."""
-        matchers = [batch.rows[r].matcher for r in batch.sample_rows]
-        if self._grammar is None or not any(m is not None for m in matchers):
+    def _mask(self, batch: Batch, previous: tuple[Batch, PendingForward] | None = None,
+              outputs: list[TokenOutput] | None = None, committed: list[bool] | None = None):
+        """The grammar bitmask callback of a batch with constrained sample rows, else None.
+
+        Under overlap a constrained row's last token may come from the step still in flight
+        (`previous`): the callback runs once the new step's forward is enqueued, so it first
+        commits the previous step (its outputs go to `outputs`, and its grammars advance),
+        then fills the mask while the GPU runs the forward. Rows that ended with that commit
+        get no mask: their token is dropped."""
+        rows = [batch.rows[r] for r in batch.sample_rows]
+        if self._grammar is None or not any(r.matcher is not None for r in rows):
             return None
-        return lambda: self._grammar.fill(matchers)
+        waits = previous is not None and any(r.matcher is not None and r.inflight > 1 for r in rows)
+
+        def fill():
+            if waits:
+                outputs.extend(self._commit(*previous))
+                committed.append(True)
+            return self._grammar.fill([None if r.finished else r.matcher for r in rows])
+        return fill
 
     def _process(self, batch: Batch, result: ForwardOutput) -> list[TokenOutput]:
         outputs: list[TokenOutput] = []
