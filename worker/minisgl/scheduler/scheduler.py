@@ -283,7 +283,8 @@ class Scheduler:
         (`previous`): the callback runs once the new step's forward is enqueued, so it first
         commits the previous step (its outputs go to `outputs`, and its grammars advance),
         then fills the mask while the GPU runs the forward. Rows that ended with that commit
-        get no mask: their token is dropped."""
+        get no mask: their token is dropped. (The sampler reads output_ids for penalties and
+        min_tokens before calling the mask: safe because _needs_history commits first.)"""
         rows = [batch.rows[r] for r in batch.sample_rows]
         if self._grammar is None or not any(r.matcher is not None for r in rows):
             return None
