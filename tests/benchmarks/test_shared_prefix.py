@@ -20,8 +20,10 @@ def test_shared_prefix_smoke_hits_the_cache(tmp_path):
     r = run_script("shared_prefix.py", "--model", "demo", "--device", "cpu", "--groups", "2",
                    "--per-group", "4", "--prefix-len", "64", "--question-len", "8", "16",
                    "--output-len", "8", "--max-prefill-length", "80", "--max-running-requests", "4",
-                   "--no-record", cwd=tmp_path)
+                   "--repeats", "2", "--no-record", cwd=tmp_path)
     assert r["output_tokens"] == 2 * 4 * 8 and r["output_tokens_per_s"] > 0
+    # the cache is flushed before each run: the second run hits no more than the first
+    assert len(r["runs"]) == 2 and r["runs"][0]["cached_tokens"] == r["runs"][1]["cached_tokens"]
     cache = r["prefix_cache"]
     assert cache["ideal_cached_tokens"] == 2 * 3 * 64
     assert 0.5 <= cache["vs_ideal"] <= 1.05, cache

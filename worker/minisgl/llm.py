@@ -151,6 +151,14 @@ class LLM:
             self.scheduler.step()
         return [results[uid] for uid in order]
 
+    def flush_cache(self) -> int:
+        """Empty the prefix cache (between benchmark runs, after a weights change): the number
+        of cached tokens dropped. Between generate() calls nothing is running."""
+        dropped = self.scheduler.flush_cache()
+        if dropped is None:  # generate() drains the scheduler before it returns
+            raise RuntimeError("flush_cache: requests are still running")
+        return dropped
+
     def _detokenize_manager(self):
         """The server's DetokenizeManager over this tokenizer (None without a tokenizer)."""
         if self.tokenizer is None:

@@ -267,3 +267,24 @@ def test_abort_of_one_choice_leaves_its_siblings_running(tiny_llama):
     assert outs[(9, 1)][-1].num_output_tokens < 30
     assert outs[(9, 0)][-1].finish_reason == outs[(9, 2)][-1].finish_reason == "length"
     assert_no_leak(s)
+
+
+def test_flush_cache_empties_the_prefix_cache_only_when_idle(tiny_llama):
+    from minisgl import LLM
+
+    llm = LLM(tiny_llama, dtype="float32", overlap=_OVERLAP["on"])
+    prompt = list(range(5, 45))
+    greedy = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    first = llm.generate([prompt], greedy)[0]
+    assert llm.generate([prompt], greedy)[0].num_cached_tokens > 0  # the prefix is cached
+    sched = llm.scheduler
+    sched.add_request(999, prompt, greedy)
+    assert sched.flush_cache() is None  # a request waits: nothing is dropped
+    while sched.has_work:
+        sched.step()
+    dropped = llm.flush_cache()
+    assert dropped >= len(prompt) - 1
+    assert sched.cache.cache.evictable_size == 0 and sched.cache.pool.num_used == 0
+    again = llm.generate([prompt], greedy)[0]
+    assert again.num_cached_tokens == 0 and again.token_ids == first.token_ids
+    assert_no_leak(sched)

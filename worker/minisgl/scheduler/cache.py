@@ -156,6 +156,14 @@ class CacheManager:
         self._free_states.append(req.state_slot)
         req.state_slot = -1
 
+    def flush(self) -> int:
+        """Drop every cached prefix (nothing may be running: their prefixes are locked) and
+        return its pages to the pool; the number of cached tokens dropped."""
+        freed = self.cache.reset()
+        if freed.numel():
+            self.pool.free_slots(freed)
+        return int(freed.numel())
+
     def table_updates(self, reqs: list[Req]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Slot-table entries the engine lacks for reqs: (flat index, slot) int64 CPU tensors."""
         dest: list[torch.Tensor] = []

@@ -382,6 +382,12 @@ class Scheduler:
                    for r in list(self.prefill.waiting) + self.running):
             self._live_uids.discard(req.uid)
 
+    def flush_cache(self) -> int | None:
+        """Empty the prefix cache when idle: the cached tokens dropped, or None (work left)."""
+        if self.has_work or self._compiling:
+            return None
+        return self.cache.flush()
+
     # ---- reporting ---------------------------------------------------------------------
     def stats(self) -> SchedulerStats:
         used, total = self.cache.stats()
