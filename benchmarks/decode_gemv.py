@@ -1,4 +1,4 @@
-"""One-token decode GEMVs inside a CUDA graph: cuBLAS with the layer's small kernels vs the
+"""Decode GEMVs (one token, or --tokens of them) inside a CUDA graph: cuBLAS with the layer's small kernels vs the
 fused Triton kernels of layers/decode_gemv.py, per projection of a decoder layer.
 
 Per op, microseconds in a graph over `--copies` distinct weight copies (so W comes from HBM,
@@ -9,7 +9,7 @@ default blocks and programmatic dependent launch on Hopper (as the engine runs i
 kernel starts loading its W while the previous drains), `fused_no_pdl` with plain launches,
 `best` the fastest of a sweep of blocks (and which). `gbs` is W's bytes over the fused time.
 
-  python benchmarks/decode_gemv.py --model llama-3.1-8b
+  python benchmarks/decode_gemv.py --model llama-3.1-8b [--sweep] [--tokens 4]
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, emit, replay_us, resolve_model  # noqa: E402
 
-from minisgl.layers.decode_gemv import GemvConfig, default_config, gemv_add, norm_gemv  # noqa: E402
+from minisgl.layers.decode_gemv import (GemvConfig, default_config, gemv_add, norm_gemv,  # noqa: E402
+                                        small_config)
 from minisgl.layers.fused import flashinfer_ops  # noqa: E402
 from minisgl.models.config import ModelConfig  # noqa: E402
 
-SWEEP = [GemvConfig(n, k, w) for n, k, w in itertools.product((4, 8, 16), (256, 512, 1024),
+SWEEP = [GemvConfig(n, k, w) for n, k, w in itertools.product((4, 8, 16, 32), (256, 512, 1024),
                                                                 (4, 8))]
 
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--copies", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=1, help="rows a step (2-16: the tl.dot kernel)")
     ap.add_argument("--sweep", action="store_true", help="also time every block config")
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--no-record", action="store_true")
@@ -79,10 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (n, k, kind) in ops.items():
         w_rows = 2 * n if kind == "silu" else n
         ws = [torch.randn(w_rows, k, dtype=bf, device=dev) / k**0.5 for _ in range(args.copies)]
-        x = torch.randn(1, k, dtype=bf, device=dev)
-        res = torch.randn(1, hid, dtype=bf, device=dev)
+        x = torch.randn(args.tokens, k, dtype=bf, device=dev)
+        res = torch.randn(args.tokens, hid, dtype=bf, device=dev)
         g = torch.ones(k, dtype=bf, device=dev)
-        out = torch.randn(1, n, dtype=bf, device=dev)
+        out = torch.randn(args.tokens, n, dtype=bf, device=dev)
 
         def fused(i: int, c: GemvConfig | None = None):
             if kind == "add":
@@ -101,10 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
                "unfused_us": round(graph_us(unfused, args.copies), 2),
                "fused_us": round(graph_us(fused, args.copies), 2),
                "fused_no_pdl_us": round(no_pdl(lambda: graph_us(fused, args.copies)), 2),
-               "default": list(default_config(n, k, kind == "silu"))}
+               "default": list(default_config(n, k, kind == "silu") if args.tokens == 1
+                               else small_config(k))}
         if args.sweep:
             times = {c: graph_us(lambda i, c=c: fused(i, c), args.copies)
-                     for c in SWEEP if c.block_k <= k}
+                     for c in SWEEP if c.block_k <= k and (args.tokens == 1 or c.block_n >= 16)}
             best = min(times, key=times.get)
             row.update(best_us=round(times[best], 2), best=list(best),
                        sweep={",".join(map(str, c)): round(us, 2) for c, us in times.items()})
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
              for key in ("cublas_us", "unfused_us", "fused_us", "fused_no_pdl_us", "best_us")
              if all(key in r for r in rows)}
     result = {"benchmark": "decode-gemv", "model": args.model, "device": device_name("cuda"),
-              "copies": args.copies, "rows": rows, "layer_total": total}
+              "copies": args.copies, "tokens": args.tokens, "rows": rows, "layer_total": total}
     args.device = "cuda"
     emit(result, "decode-gemv", args)
     return result

@@ -66,8 +66,12 @@ class _Env:
     @property
     def fused_gemv_max_tokens(self) -> int:
         """MINISGL_FUSED_GEMV_MAX_TOKENS: CUDA steps of at most this many tokens (one rank)
-        run the fused-GEMV decoder layers (layers/decode_gemv.py); 0 = never (default 1)."""
-        return int(_number("MINISGL_FUSED_GEMV_MAX_TOKENS", 1, int, 0))
+        run the fused-GEMV decoder layers (layers/decode_gemv.py); 0 = never (default 1,
+        at most 16)."""
+        value = int(_number("MINISGL_FUSED_GEMV_MAX_TOKENS", 1, int, 0))
+        if value > 16:
+            raise ValueError(f"MINISGL_FUSED_GEMV_MAX_TOKENS must be <= 16, got {value}")
+        return value
 
     @property
     def pdl(self) -> bool:

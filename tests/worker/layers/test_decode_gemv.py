@@ -21,9 +21,11 @@ from minisgl.layers.decode_gemv import (GemvConfig, gemv_add, gemv_add_reference
 torch.manual_seed(0)
 results = []
 diff = lambda a, b: (a.float() - b.float()).abs().max().item()
-# K = 200 and N = 37 are no multiple of the blocks: the masked tails; T = 3: the token axis
+# K = 200 and N = 37 are no multiple of the blocks: the masked tails; T = 1: the GEMV kernel,
+# T = 3 and 16 (a full tile of rows): the tl.dot kernel
 for dtype in (torch.float32, torch.float16):
-    for t, k, n, cfg in ((1, 200, 37, GemvConfig(8, 64, 4)), (3, 128, 16, GemvConfig(16, 128, 4))):
+    for t, k, n, cfg in ((1, 200, 37, GemvConfig(8, 64, 4)), (3, 128, 16, GemvConfig(16, 128, 4)),
+                         (16, 200, 37, None)):
         x = torch.randn(t, k).to(dtype)
         g = (1 + 0.1 * torch.randn(k)).to(dtype)
         for silu in (False, True):
@@ -44,7 +46,8 @@ errors = []
 for bad in (lambda: gemv_add(x, w, torch.randn(t, n + 1).to(dtype)),
             lambda: gemv_add(x.t().contiguous().t(), w, torch.randn(t, n).to(dtype)),
             lambda: norm_gemv(x, g[:-1], 1e-6, w),
-            lambda: norm_gemv(x, g, 1e-6, w, torch.randn(n + 1).to(dtype))):
+            lambda: norm_gemv(x, g, 1e-6, w, torch.randn(n + 1).to(dtype)),
+            lambda: norm_gemv(torch.randn(17, k).to(dtype), g, 1e-6, w)):
     try:
         bad()
         errors.append("no error")
@@ -58,17 +61,18 @@ print(json.dumps(results))
 def test_kernels_match_reference_under_the_triton_interpreter():
     results = run_interpreted(SCRIPT, timeout=600)
     *cases, error = results
-    assert len(cases) == 20
+    assert len(cases) == 30
     for r in cases:
         # float16: the same float32 sums rounded once; the order of the sums differs
         tol = 1e-4 * max(1.0, r["scale"]) if r["dtype"] == "torch.float32" else r["scale"] * 2**-9
         assert r["diff"] <= tol, r
     assert all(r["in_place"] for r in cases if r["op"] == "gemv_add")
-    shape, strided, norm, bias = error
-    assert "residual" in shape and "[3, 16]" in shape, shape
+    shape, strided, norm, bias, too_many = error
+    assert "residual" in shape and "[16, 37]" in shape, shape
     assert "contiguous x" in strided, strided
     assert norm.startswith("norm weight"), norm
     assert bias.startswith("bias"), bias
+    assert "at most 16 tokens" in too_many, too_many
 
 
 def test_default_config_keeps_the_gpu_busy_on_llama_shapes():

@@ -1,6 +1,7 @@
 """The fused decode GEMVs on the GPU at Llama-3.1-8B's shapes (several K tiles: the double
-buffer; the wide gate_up blocks) and a ragged one, bf16, inside a CUDA graph, with and without
-programmatic dependent launch: equal to the float32 reference within bf16's rounding."""
+buffer; the wide gate_up blocks) and a ragged one, one token (the GEMV kernel) and five (the
+tl.dot kernel), bf16, inside a CUDA graph, with and without programmatic dependent launch:
+equal to the float32 reference within bf16's rounding."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def _cuda():
         pytest.skip("needs a CUDA GPU")
 
 
+@pytest.mark.parametrize("tokens", [1, 5])  # the GEMV kernel; the tl.dot kernel
 @pytest.mark.parametrize("pdl", ["1", "0"])
 @pytest.mark.parametrize("kind,n,k", SHAPES)
-def test_fused_gemv_in_a_graph_matches_float32(monkeypatch, pdl, kind, n, k):
+def test_fused_gemv_in_a_graph_matches_float32(monkeypatch, pdl, kind, n, k, tokens):
     from minisgl.layers.decode_gemv import (gemv_add, gemv_add_reference, norm_gemv,
                                             norm_gemv_reference)
 
@@ -30,11 +32,11 @@ def test_fused_gemv_in_a_graph_matches_float32(monkeypatch, pdl, kind, n, k):
     torch.manual_seed(0)
     dev, bf = "cuda", torch.bfloat16
     rows = 2 * n if kind == "silu" else n
-    x = torch.randn(1, k, dtype=bf, device=dev)
+    x = torch.randn(tokens, k, dtype=bf, device=dev)
     w = (torch.randn(rows, k, device=dev) / k**0.5).to(bf)
     g = (1 + 0.2 * torch.randn(k, device=dev)).to(bf)
     b = (0.5 * torch.randn(rows, device=dev)).to(bf)
-    res = torch.randn(1, n, dtype=bf, device=dev)
+    res = torch.randn(tokens, n, dtype=bf, device=dev)
     if kind == "add":
         ref = gemv_add_reference(x, w, res)
         out = res.clone()

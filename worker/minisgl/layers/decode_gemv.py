@@ -14,10 +14,11 @@ so a layer is norm_gemv -> q/k rope + KV store -> attention -> gemv_add -> norm_
 -> gemv_add, with the residual stream updated in place (the models' `forward_fused`). It is
 close to, not bit-identical with, the unfused layers: the GEMV sums are added to the residual
 and fed to SiLU-and-mul in float32 without first rounding them to bf16 (one rounding fewer).
-A program computes BLOCK_N outputs of one token over the whole K (no split-K): each
-re-derives its row's RMS from x (a few KB from L2) and streams BLOCK_N rows of W. The
-grid's second axis is the token, so W is read once per token: worth it only at one or a
-few tokens (MINISGL_FUSED_GEMV_MAX_TOKENS). The `*_reference` functions are the same math
+A program computes BLOCK_N outputs over the whole K (no split-K): it re-derives its rows'
+RMS from x (a few KB from L2) and streams BLOCK_N rows of W once. One token takes a
+GEMV kernel (elementwise products, tuned on an H200); 2 to 16 tokens a tl.dot kernel over a
+16-row tile (not yet measured on a GPU, so the models use the fused path only at one token
+by default: MINISGL_FUSED_GEMV_MAX_TOKENS). The `*_reference` functions are the same math
 in PyTorch (the kernels' tests).
 """
 
@@ -30,6 +31,9 @@ import torch
 
 from minisgl.env import ENV
 from minisgl.layers.fused import _has_triton, pdl_launch, use_fused
+
+
+MAX_TOKENS = 16  # tokens a step the kernels take (one tl.dot tile of rows)
 
 
 class GemvConfig(NamedTuple):
@@ -48,6 +52,11 @@ def default_config(n_out: int, k: int, silu: bool = False) -> GemvConfig:
     if silu and n_out >= 8192:
         return GemvConfig(8, 256, 4)
     return GemvConfig(4, min(1024, _pow2(k)), 4)
+
+
+def small_config(k: int) -> GemvConfig:
+    """2..MAX_TOKENS tokens (tl.dot tiles need 16 rows and columns). Not tuned on a GPU yet."""
+    return GemvConfig(16, min(256, max(16, _pow2(k))), 4)
 
 
 def _pow2(n: int) -> int:
@@ -123,7 +132,67 @@ def _kernel():
             acc += tl.load(y, mask=mn, other=0.0).to(tl.float32)
         tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mn)
 
-    return gemv
+    @triton.jit
+    def gemm_small(x_ptr, g_ptr, w_ptr, b_ptr, y_ptr, t, n_out, eps, K: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   NORM: tl.constexpr, SILU: tl.constexpr, ADD: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, PDL: tl.constexpr):
+        """The same for 2..BLOCK_M tokens: W read once for all of them (tl.dot tiles)."""
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = rn < n_out
+        rm = tl.arange(0, BLOCK_M)
+        mm = rm < t
+        rk = tl.arange(0, BLOCK_K)
+        w_rows = w_ptr + rn[:, None] * K
+        x_rows = x_ptr + rm[:, None] * K
+        w_mask = mn[:, None] & (rk < K)[None, :]
+        w = tl.load(w_rows + rk[None, :], mask=w_mask, other=0.0)
+        w2 = w
+        if SILU:
+            w2 = tl.load(w_rows + n_out * K + rk[None, :], mask=w_mask, other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
+        rstd = tl.full([BLOCK_M], 1.0, tl.float32)
+        if NORM:
+            ss = tl.zeros([BLOCK_M], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                xm = mm[:, None] & (k0 + rk < K)[None, :]
+                xv = tl.load(x_rows + k0 + rk[None, :], mask=xm, other=0.0).to(tl.float32)
+                ss += tl.sum(xv * xv, 1)
+            rstd = 1.0 / tl.sqrt(ss / K + eps)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            mk = kk < K
+            nk = kk + BLOCK_K
+            nm = mn[:, None] & (nk < K)[None, :]
+            w_next = tl.load(w_rows + nk[None, :], mask=nm, other=0.0)
+            w2_next = w_next
+            if SILU:
+                w2_next = tl.load(w_rows + n_out * K + nk[None, :], mask=nm, other=0.0)
+            xv = tl.load(x_rows + kk[None, :], mask=mm[:, None] & mk[None, :], other=0.0)
+            if NORM:
+                g = tl.load(g_ptr + kk, mask=mk, other=0.0).to(tl.float32)
+                xv = (xv.to(tl.float32) * rstd[:, None] * g[None, :]).to(x_ptr.dtype.element_ty)
+            acc += tl.dot(xv, tl.trans(w))  # [M, K] x [K, N]
+            if SILU:
+                acc2 += tl.dot(xv, tl.trans(w2))
+            w, w2 = w_next, w2_next
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=mn, other=0.0).to(tl.float32)[None, :]
+            if SILU:
+                acc2 += tl.load(b_ptr + n_out + rn, mask=mn, other=0.0).to(tl.float32)[None, :]
+        if SILU:
+            acc = acc / (1.0 + tl.exp(-acc)) * acc2
+        y = y_ptr + rm[:, None] * n_out + rn[None, :]
+        ym = mm[:, None] & mn[None, :]
+        if ADD:
+            acc += tl.load(y, mask=ym, other=0.0).to(tl.float32)
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=ym)
+
+    return gemv, gemm_small
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, n_out: int, *,
@@ -144,14 +213,22 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, n_out: int, 
         raise ValueError("the fused GEMV takes contiguous x, weight, output, norm weight, bias")
     if t == 0:
         return y
-    cfg = config or default_config(n_out, k, silu)
+    if t > MAX_TOKENS:
+        raise ValueError(f"the fused GEMV takes at most {MAX_TOKENS} tokens, got {t}")
+    cfg = config or (default_config(n_out, k, silu) if t == 1 else small_config(k))
     pdl = pdl_launch(x)
     unused = weight  # a pointer the kernel never reads when its flag is off
-    _kernel()[(-(-n_out // cfg.block_n), t)](
-        x, unused if norm_weight is None else norm_weight, weight,
-        unused if bias is None else bias, y, n_out, eps, K=k, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, NORM=norm_weight is not None, SILU=silu, ADD=add,
-        HAS_BIAS=bias is not None, PDL=bool(pdl), num_warps=cfg.num_warps, **pdl)
+    args = (x, unused if norm_weight is None else norm_weight, weight,
+            unused if bias is None else bias, y)
+    flags = dict(K=k, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NORM=norm_weight is not None,
+                 SILU=silu, ADD=add, HAS_BIAS=bias is not None, PDL=bool(pdl),
+                 num_warps=cfg.num_warps, **pdl)
+    gemv, gemm_small = _kernel()
+    grid = -(-n_out // cfg.block_n)
+    if t == 1:
+        gemv[(grid, 1)](*args, n_out, eps, **flags)
+    else:
+        gemm_small[(grid,)](*args, t, n_out, eps, BLOCK_M=MAX_TOKENS, **flags)
     return y
 
 
