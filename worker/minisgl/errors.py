@@ -33,6 +33,13 @@ class ModelNotFound(MiniSGLError):
     error_type = "not_found_error"
 
 
+class Conflict(MiniSGLError):
+    """The server's state does not allow it now (e.g. a cache flush while requests run)."""
+
+    http_status = 409
+    error_type = "conflict_error"
+
+
 class ServiceUnavailable(MiniSGLError):
     """The server is draining or not yet ready."""
 

@@ -6,8 +6,9 @@ import pytest
 
 from minisgl.errors import ContextTooLong, InvalidRequest
 from minisgl.message import codec
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, GrammarReadyMsg, UserMsg
-from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, ReplyChunk, StatsMsg
+from minisgl.message.backend import (AbortBackendMsg, BatchBackendMsg, FlushCacheMsg,
+                                     GrammarReadyMsg, UserMsg)
+from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, FlushedMsg, ReplyChunk, StatsMsg
 from minisgl.message.tokenizer import AbortMsg, BatchTokenOutputMsg, TokenizedMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import SchedulerStats, TokenOutput
@@ -19,7 +20,7 @@ EXAMPLES = [
     UserMsg(1, [1, 2, 3], PARAMS, 12.5),
     AbortBackendMsg(2),
     BatchBackendMsg([UserMsg(3, [4], SamplingParams(), None), AbortBackendMsg(3),
-                     GrammarReadyMsg([3, 14])]),
+                     GrammarReadyMsg([3, 14]), FlushCacheMsg(7)]),
     BatchBackendMsg([]),
     TokenizeMsg(4, "héllo 🙂", PARAMS, 1.0, add_special_tokens=False),
     TokenizeMsg(5, [9, 8, 7], SamplingParams(n=3), 2.0),
@@ -38,6 +39,8 @@ EXAMPLES = [
     ErrorMsg(12, "ContextTooLong", "too long", "max_tokens"),
     StatsMsg(SchedulerStats(num_running=2, num_waiting=1, kv_used_pages=3, kv_total_pages=10,
                             last_step_time=123.5, has_work=True, extra={"steps": 4})),
+    FlushedMsg(7, 1024),
+    FlushedMsg(8, None),
 ]
 
 

@@ -98,6 +98,9 @@ def test_rate_limit_and_backpressure_through_the_server(limited_server):
     s = limited_server
     body = {"prompt": "hi", "max_tokens": 2}
     assert _post(s, "wrong", body).status_code == 401
+    flush = f"{s.base_url}/flush_cache"  # an admin call: behind the same keys
+    assert httpx.post(flush, timeout=30).status_code == 401
+    assert httpx.post(flush, timeout=30, headers={"Authorization": "Bearer sk-free"}).status_code == 200
     assert [_post(s, "sk-slow", body).status_code for _ in range(2)] == [200, 200]
     r = _post(s, "sk-slow", body)
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1

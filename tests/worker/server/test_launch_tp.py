@@ -46,6 +46,13 @@ def test_tp2_server_matches_tp1_greedy_and_ctrl_c_leaves_no_orphans(tmp_path, ti
         r = constrained.result()
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["text"] == want_constrained
+        # a cache flush reaches both ranks at the same iteration: the next step still agrees
+        r = httpx.post(f"{proc.url}/flush_cache", timeout=30)
+        assert r.status_code == 200 and r.json()["dropped_tokens"] > 0, r.text
+        r = httpx.post(f"{proc.url}/generate", timeout=60, json={
+            "prompt": PROMPTS[0], "max_tokens": 12, "ignore_eos": True, "temperature": 0,
+            "stream": False})
+        assert r.status_code == 200 and r.json()["token_ids"] == want[0], r.text
         proc.popen.send_signal(signal.SIGINT)
         assert proc.wait_exit(30) == 0
         assert_no_orphans(kids)

@@ -34,7 +34,15 @@ class GrammarReadyMsg:
     uids: list[int]
 
 
-BackendMsg = UserMsg | AbortBackendMsg | GrammarReadyMsg
+@dataclass(frozen=True)
+class FlushCacheMsg:
+    """API process -> detokenizer -> scheduler (every rank, through rank 0's broadcast): empty
+    the prefix cache if no request is running; rank 0 answers with FlushedMsg `seq`."""
+
+    seq: int
+
+
+BackendMsg = UserMsg | AbortBackendMsg | GrammarReadyMsg | FlushCacheMsg
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ from typing import Any, Callable
 
 import msgpack
 
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, GrammarReadyMsg, UserMsg
-from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk, StatsMsg
+from minisgl.message.backend import (AbortBackendMsg, BatchBackendMsg, FlushCacheMsg,
+                                     GrammarReadyMsg, UserMsg)
+from minisgl.message.frontend import (BatchReplyMsg, ErrorMsg, FlushedMsg, PongMsg, ReplyChunk,
+                                      StatsMsg)
 from minisgl.message.tokenizer import (AbortMsg, BatchTokenOutputMsg, PingMsg, TokenizedMsg,
                                        TokenizeMsg)
 from minisgl.sampling_params import SamplingParams
@@ -34,11 +36,11 @@ MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         # backend (scheduler)
-        UserMsg, AbortBackendMsg, GrammarReadyMsg, BatchBackendMsg,
+        UserMsg, AbortBackendMsg, GrammarReadyMsg, FlushCacheMsg, BatchBackendMsg,
         # tokenizer / detokenizer
         TokenizeMsg, AbortMsg, TokenizedMsg, BatchTokenOutputMsg, PingMsg,
         # frontend (API process)
-        ReplyChunk, BatchReplyMsg, ErrorMsg, StatsMsg, PongMsg,
+        ReplyChunk, BatchReplyMsg, ErrorMsg, StatsMsg, PongMsg, FlushedMsg,
         # payload types owned by other modules
         SamplingParams, TokenOutput, SchedulerStats,
     )

@@ -95,3 +95,12 @@ class StatsMsg:
     """Scheduler rank 0 -> API process, at least once a second."""
 
     stats: SchedulerStats
+
+
+@dataclass(frozen=True)
+class FlushedMsg:
+    """Scheduler rank 0 -> API process: the answer to FlushCacheMsg `seq` — the cached tokens
+    dropped, or None when requests were running (nothing was dropped)."""
+
+    seq: int
+    dropped_tokens: int | None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
-from minisgl.message.frontend import ErrorMsg, StatsMsg
+from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, FlushCacheMsg, UserMsg
+from minisgl.message.frontend import ErrorMsg, FlushedMsg, StatsMsg
 from minisgl.message.tokenizer import BatchTokenOutputMsg
 from minisgl.scheduler.types import SchedulerStats, TokenOutput
 from minisgl.server.endpoints import Endpoints
@@ -18,7 +18,7 @@ from minisgl.utils.zmq import PullQueue, PushQueue
 
 logger = logging.getLogger(__name__)
 
-BackendMsg = UserMsg | AbortBackendMsg
+BackendMsg = UserMsg | AbortBackendMsg | FlushCacheMsg
 
 
 class SchedulerIO:
@@ -61,6 +61,9 @@ class SchedulerIO:
 
     def send_stats(self, stats: SchedulerStats) -> None:
         self._frontend.put(StatsMsg(stats))
+
+    def send_flushed(self, seq: int, dropped_tokens: int | None) -> None:
+        self._frontend.put(FlushedMsg(seq, dropped_tokens))
 
     def close(self) -> None:
         self._inbox.close()

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from minisgl.config import SchedulerConfig
 from minisgl.errors import MiniSGLError
 from minisgl.message import codec
-from minisgl.message.backend import BackendMsg, BatchBackendMsg, GrammarReadyMsg, UserMsg
+from minisgl.message.backend import (BackendMsg, BatchBackendMsg, FlushCacheMsg, GrammarReadyMsg,
+                                     UserMsg)
 from minisgl.server.endpoints import Endpoints
 
 if TYPE_CHECKING:
@@ -112,6 +113,12 @@ def _apply(sched: Any, io: Any, msgs: list[BackendMsg]) -> None:
             sched.admit_compiled(msg.uids)
             for uid, exc in sched.take_errors():  # a grammar that cannot compile
                 _reject(io, uid, exc)
+        elif isinstance(msg, FlushCacheMsg):  # every rank alike: the same work, the same answer
+            dropped = sched.flush_cache()
+            logger.info("prefix cache %s", "busy: not flushed" if dropped is None
+                        else f"flushed ({dropped} tokens)")
+            if io.is_driver:
+                io.send_flushed(msg.seq, dropped)
         else:
             try:
                 sched.abort(msg.uid, msg.index)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from minisgl.env import ENV
-from minisgl.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from minisgl.errors import Conflict, InvalidRequest, ModelNotFound, ServiceUnavailable
 from minisgl.sampling_params import SamplingParams
 from minisgl.server import openai_serving as oai
 from minisgl.server.access import AccessControl, QueueFull, RateLimited
@@ -312,6 +312,24 @@ class _RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+@router.post("/flush_cache")
+async def flush_cache(request: Request) -> Response:
+    """SGLang's /flush_cache: empty the prefix cache (between benchmark runs, after the
+    weights changed). 200 with the cached tokens dropped; 409 while requests run."""
+    try:
+        _check_auth(request)
+        try:
+            dropped = await request.app.state.frontend.flush_cache()
+        except TimeoutError:
+            raise ServiceUnavailable("the scheduler did not answer the flush in time") from None
+        if dropped is None:
+            raise Conflict("requests are running: the prefix cache was not flushed; retry "
+                           "when the server is idle")
+    except Exception as e:
+        return error_response(e)
+    return JSONResponse({"flushed": True, "dropped_tokens": dropped})
 
 
 @router.get("/v1/models")

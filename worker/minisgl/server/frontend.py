@@ -16,8 +16,9 @@ from typing import Any, AsyncIterator
 
 from minisgl.env import ENV
 from minisgl.errors import InvalidRequest, ServiceUnavailable
-from minisgl.message.frontend import (BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk, StatsMsg,
-                                      make_chunk)
+from minisgl.message.backend import FlushCacheMsg
+from minisgl.message.frontend import (BatchReplyMsg, ErrorMsg, FlushedMsg, PongMsg, ReplyChunk,
+                                      StatsMsg, make_chunk)
 from minisgl.message.tokenizer import AbortMsg, PingMsg, TokenizeMsg
 from minisgl.sampling_params import SamplingParams
 from minisgl.scheduler.types import SchedulerStats
@@ -27,6 +28,7 @@ from minisgl.utils.zmq import AsyncPullQueue, PushQueue
 logger = logging.getLogger(__name__)
 
 PING_INTERVAL_S = 1.0  # how often the tokenizers and the detokenizer are asked to answer
+FLUSH_TIMEOUT_S = 30.0  # the scheduler answers a flush at its next iteration
 
 
 class _Failed:
@@ -115,6 +117,8 @@ class FrontendManager:
         self._receiver: asyncio.Task | None = None
         self._pinger: asyncio.Task | None = None
         self._pong_at: dict[str, float] = {}  # worker name -> when it last answered a ping
+        self._flushes: dict[int, asyncio.Future] = {}  # FlushCacheMsg seq -> its answer
+        self._flush_seq = itertools.count()
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -236,6 +240,18 @@ class FrontendManager:
             return False, f"the scheduler has work but made no step for {stalled:.0f}s"
         return True, "ok"
 
+    async def flush_cache(self, timeout: float = FLUSH_TIMEOUT_S) -> int | None:
+        """Ask the scheduler to empty its prefix cache: the cached tokens dropped, or None
+        when requests were running. Raises TimeoutError when no answer comes in time."""
+        seq = next(self._flush_seq)
+        answer = self._flushes[seq] = asyncio.get_running_loop().create_future()
+        try:
+            # through the detokenizer, the scheduler's one sender: after every request sent
+            self._outbox(self.endpoints.detokenizer).put(FlushCacheMsg(seq))
+            return await asyncio.wait_for(answer, timeout)
+        finally:
+            self._flushes.pop(seq, None)
+
     # --- internals ---------------------------------------------------------------------------
     def _workers(self) -> dict[str, str]:
         """name -> endpoint of every process that tokenizes or detokenizes."""
@@ -285,5 +301,9 @@ class FrontendManager:
                 self._stats_at = time.monotonic()
             elif isinstance(msg, PongMsg):
                 self._pong_at[msg.name] = time.monotonic()
+            elif isinstance(msg, FlushedMsg):
+                answer = self._flushes.get(msg.seq)
+                if answer is not None and not answer.done():
+                    answer.set_result(msg.dropped_tokens)
             else:
                 logger.warning("ignoring unexpected %s", type(msg).__name__)

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, UserMsg
+from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, FlushCacheMsg, UserMsg
 from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk
 from minisgl.message.tokenizer import (AbortMsg, BatchTokenOutputMsg, PingMsg, TokenizedMsg,
                                        TokenizeMsg)
@@ -100,7 +100,7 @@ def _serve_detokenizer(spec: DetokenizerSpec, ack: Callable[[dict], None], setti
     to_frontend: PushQueue[BatchReplyMsg | ErrorMsg] = PushQueue(spec.frontend, bind=False)
     ack({})
     while True:
-        backend: list[UserMsg | AbortBackendMsg] = []
+        backend: list[UserMsg | AbortBackendMsg | FlushCacheMsg] = []
         chunks: list[ReplyChunk] = []
         for msg in inbox.drain(timeout=None):
             if isinstance(msg, BatchTokenOutputMsg):
@@ -124,6 +124,8 @@ def _serve_detokenizer(spec: DetokenizerSpec, ack: Callable[[dict], None], setti
                 to_frontend.put(msg)
             elif isinstance(msg, PingMsg):
                 to_frontend.put(PongMsg("detokenizer", msg.seq))
+            elif isinstance(msg, FlushCacheMsg):  # after the requests that came before it
+                backend.append(msg)
             else:
                 logger.warning("ignoring unexpected %s", type(msg).__name__)
         if backend:
