@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, FlushCacheMsg, UserMsg
+from minisgl.message.backend import BackendMsg, BatchBackendMsg
 from minisgl.message.frontend import ErrorMsg, FlushedMsg, StatsMsg
 from minisgl.message.tokenizer import BatchTokenOutputMsg
 from minisgl.scheduler.types import SchedulerStats, TokenOutput
@@ -17,8 +17,6 @@ from minisgl.server.endpoints import Endpoints
 from minisgl.utils.zmq import PullQueue, PushQueue
 
 logger = logging.getLogger(__name__)
-
-BackendMsg = UserMsg | AbortBackendMsg | FlushCacheMsg
 
 
 class SchedulerIO:

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from minisgl.message.backend import AbortBackendMsg, BatchBackendMsg, FlushCacheMsg, UserMsg
+from minisgl.message.backend import AbortBackendMsg, BackendMsg, BatchBackendMsg, FlushCacheMsg
 from minisgl.message.frontend import BatchReplyMsg, ErrorMsg, PongMsg, ReplyChunk
 from minisgl.message.tokenizer import (AbortMsg, BatchTokenOutputMsg, PingMsg, TokenizedMsg,
                                        TokenizeMsg)
@@ -100,7 +100,7 @@ def _serve_detokenizer(spec: DetokenizerSpec, ack: Callable[[dict], None], setti
     to_frontend: PushQueue[BatchReplyMsg | ErrorMsg] = PushQueue(spec.frontend, bind=False)
     ack({})
     while True:
-        backend: list[UserMsg | AbortBackendMsg | FlushCacheMsg] = []
+        backend: list[BackendMsg] = []
         chunks: list[ReplyChunk] = []
         for msg in inbox.drain(timeout=None):
             if isinstance(msg, BatchTokenOutputMsg):
