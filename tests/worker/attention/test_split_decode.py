@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 SCRIPT = r"""
 import json, torch
 from types import SimpleNamespace
-from minisgl.attention.split_decode import SplitDecode, split_decode_reference
+from minisgl.attention.split_decode import SplitDecode, TileConfig, split_decode_reference
 torch.manual_seed(0)
 results = []
 NS, W = 1600, 300
@@ -32,8 +32,11 @@ for H, HKV, D in [(8, 2, 64), (6, 3, 32), (4, 4, 16)]:
         ref = split_decode_reference(q, k, v, table, state, seq, D**-0.5)
         # 16 x 32-token minimum chunks: later splits are empty; (4, 128): the large-batch
         # shape, where rows up to the minimum chunk are one split written without a merge
-        for splits, min_chunk in ((1, 32), (4, 32), (16, 32), (4, 128)):
-            sd = SplitDecode(4, H, HKV, D, splits, torch.device("cpu"), dtype, min_chunk)
+        # the last case: 64-key tiles (a tile wider than a 32-token chunk) in the
+        # heads-inner grid order
+        for splits, min_chunk, tile in ((1, 32, None), (4, 32, None), (16, 32, None),
+                                        (4, 128, None), (4, 32, TileConfig(64, 4, 2, True))):
+            sd = SplitDecode(4, H, HKV, D, splits, torch.device("cpu"), dtype, min_chunk, tile)
             sd.plan(SimpleNamespace(size=4, state_slots=state, seq_lens_dev=seq, slot_table=table))
             sd.out.fill_(float("nan"))  # every row must be written (by the merge or directly)
             out = sd.run(q, k, v, D**-0.5)
@@ -46,7 +49,7 @@ print(json.dumps(results))
 
 def test_split_decode_matches_reference_under_the_triton_interpreter():
     results = run_interpreted(SCRIPT, timeout=600)
-    assert len(results) == 24
+    assert len(results) == 30
     for r in results:
         # float16: the kernel rounds the probabilities to fp16 for the P.V product (as
         # FlashAttention does) and the output once; the reference only the output.
@@ -68,3 +71,15 @@ def test_num_splits_cover_the_gpu_and_stay_bounded():
         assert bs * 8 * s <= max(2 * 132, bs * 8)
     assert split_shape(1, 8, 132) == (32, MIN_CHUNK)
     assert split_shape(64, 8, 132) == (LARGE_SPLITS, LONG_CHUNK)  # only long rows split
+
+
+def test_tile_config_parses_and_rejects(monkeypatch):
+    from minisgl.attention.split_decode import TileConfig, default_tile
+
+    assert TileConfig.parse("64,8,2,1") == TileConfig(64, 8, 2, True)
+    assert TileConfig.parse("128,4,3") == TileConfig(128, 4, 3, False)
+    for bad in ("64,8", "48,4,3", "64,3,3", "64,4,0", "a,b,c", "64,4,3,1,1"):
+        with pytest.raises(ValueError, match="MINISGL_SPLIT_DECODE_TILE|block_n|warps"):
+            TileConfig.parse(bad)
+    monkeypatch.setenv("MINISGL_SPLIT_DECODE_TILE", "32,4,4,1")
+    assert default_tile(256) == TileConfig(32, 4, 4, True)

@@ -7,14 +7,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minisgl.attention.split_decode import (LARGE_SPLITS, LONG_CHUNK, SplitDecode,
+from minisgl.attention.split_decode import (LARGE_SPLITS, LONG_CHUNK, SplitDecode, TileConfig,
                                             split_decode_reference)
 
 pytestmark = pytest.mark.gpu
 
 
+@pytest.mark.parametrize("tile", [TileConfig(), TileConfig(64, 4, 3, True), TileConfig(128, 8, 2, True)],
+                         ids=["default", "64x4x3h", "128x8x2h"])
 @pytest.mark.parametrize("splits,min_chunk", [(32, 32), (8, 32), (LARGE_SPLITS, LONG_CHUNK)])
-def test_split_decode_bf16_matches_float32_attention(splits, min_chunk):
+def test_split_decode_bf16_matches_float32_attention(splits, min_chunk, tile):
     torch.manual_seed(0)
     H, HKV, D, NS, W = 32, 8, 128, 40_000, 9_000
     seq = torch.tensor([1, 31, LONG_CHUNK - 1, LONG_CHUNK + 1, 8_500])  # one token to many chunks
@@ -24,7 +26,7 @@ def test_split_decode_bf16_matches_float32_attention(splits, min_chunk):
     table = torch.stack([torch.randperm(NS)[:W] for _ in range(B)]).to(torch.int32).cuda()
     state = torch.arange(B, device="cuda")
     q = torch.randn(B, H, D, dtype=torch.bfloat16, device="cuda")
-    sd = SplitDecode(B, H, HKV, D, splits, torch.device("cuda"), torch.bfloat16, min_chunk)
+    sd = SplitDecode(B, H, HKV, D, splits, torch.device("cuda"), torch.bfloat16, min_chunk, tile)
     # As the engine runs it: captured on a placeholder batch, then planned and replayed for
     # real ones (the graph reads the fixed buffers that plan() fills).
     sd.plan(SimpleNamespace(size=B, state_slots=torch.zeros(B, dtype=torch.int64, device="cuda"),

@@ -17,6 +17,8 @@ under Triton's interpreter against it).
 from __future__ import annotations
 
 import functools
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -41,12 +43,17 @@ def _kernels():
                              part_o_ptr, part_lse_ptr, out_ptr, sm_scale,
                              H: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr,
                              GP: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
-                             BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr, PDL: tl.constexpr):
+                             BLOCK_N: tl.constexpr, MIN_CHUNK: tl.constexpr, PDL: tl.constexpr,
+                             HEADS_INNER: tl.constexpr):
         if PDL:  # launched early (layers/fused.py: pdl_launch): wait for q and the new K/V
             tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
-        b = tl.program_id(0)
-        kvh = tl.program_id(1)
+        if HEADS_INNER:  # grid (HKV, B, S): a row's KV heads run side by side
+            kvh = tl.program_id(0)
+            b = tl.program_id(1)
+        else:
+            b = tl.program_id(0)
+            kvh = tl.program_id(1)
         s = tl.program_id(2)
         seq = tl.load(seq_ptr + b).to(tl.int32)
         chunk = tl.maximum(tl.cdiv(seq, S), MIN_CHUNK)
@@ -130,6 +137,42 @@ def split_shape(batch_size: int, num_kv_heads: int, num_sms: int) -> tuple[int, 
     return (splits, MIN_CHUNK) if splits > 1 else (LARGE_SPLITS, LONG_CHUNK)
 
 
+@dataclass(frozen=True)
+class TileConfig:
+    """How the partial kernel runs: keys per tile, warps, pipeline stages, and the grid
+    order (heads_inner: the KV heads of a row are neighbouring programs, so the 8 programs
+    that read one token's K/V row from HBM run at the same time)."""
+
+    block_n: int = BLOCK_N
+    num_warps: int = 4
+    num_stages: int = 3
+    heads_inner: bool = False
+
+    def __post_init__(self) -> None:
+        if self.block_n < 16 or self.block_n & (self.block_n - 1):
+            raise ValueError(f"block_n must be a power of two >= 16, got {self.block_n}")
+        if self.num_warps not in (1, 2, 4, 8, 16) or not 1 <= self.num_stages <= 8:
+            raise ValueError(f"bad split-decode warps/stages {self.num_warps}/{self.num_stages}")
+
+    @classmethod
+    def parse(cls, raw: str) -> "TileConfig":
+        """"block_n,num_warps,num_stages[,heads_inner]" (MINISGL_SPLIT_DECODE_TILE)."""
+        try:
+            parts = [int(p) for p in raw.split(",")]
+            if len(parts) not in (3, 4):
+                raise ValueError
+            return cls(*parts[:3], bool(parts[3]) if len(parts) == 4 else False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"MINISGL_SPLIT_DECODE_TILE must be 'block_n,num_warps,num_stages"
+                             f"[,heads_inner]' (powers of two), got {raw!r}: {exc}") from None
+
+
+def default_tile(batch_size: int) -> TileConfig:
+    """The tile for a batch (MINISGL_SPLIT_DECODE_TILE overrides it)."""
+    raw = os.environ.get("MINISGL_SPLIT_DECODE_TILE", "").strip()
+    return TileConfig.parse(raw) if raw else TileConfig()
+
+
 class SplitDecode:
     """Decode attention state for a batch of `batch_size` rows: fixed device buffers (the
     rows' state slots and sequence lengths, the partial results), so that a CUDA graph can
@@ -137,7 +180,7 @@ class SplitDecode:
 
     def __init__(self, batch_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  splits: int, device: torch.device, dtype: torch.dtype,
-                 min_chunk: int = MIN_CHUNK) -> None:
+                 min_chunk: int = MIN_CHUNK, tile: TileConfig | None = None) -> None:
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
         if head_dim & (head_dim - 1) or head_dim < 16:
@@ -145,6 +188,7 @@ class SplitDecode:
         if splits < 1 or splits & (splits - 1):
             raise ValueError(f"splits must be a power of two, got {splits}")
         self.batch_size, self.splits, self.min_chunk = batch_size, splits, min_chunk
+        self.tile = tile or default_tile(batch_size)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.state_slots = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.seq_lens = torch.ones(batch_size, dtype=torch.int64, device=device)
@@ -173,12 +217,17 @@ class SplitDecode:
         group = self.num_heads // self.num_kv_heads
         table = self.slot_table
         pdl = pdl_launch(q)
-        partial[(self.batch_size, self.num_kv_heads, self.splits)](
+        tile = self.tile
+        grid = ((self.num_kv_heads, self.batch_size, self.splits) if tile.heads_inner
+                else (self.batch_size, self.num_kv_heads, self.splits))
+        partial[grid](
             q.contiguous(), k_cache, v_cache, table, table.stride(0), self.state_slots,
             self.seq_lens, self.part_o, self.part_lse, self.out, sm_scale,
             H=self.num_heads, HKV=self.num_kv_heads, GROUP=group,
             GP=max(16, 1 << (group - 1).bit_length()), D=self.head_dim, S=self.splits,
-            BLOCK_N=BLOCK_N, MIN_CHUNK=self.min_chunk, PDL=bool(pdl), **pdl)
+            BLOCK_N=tile.block_n, MIN_CHUNK=self.min_chunk, PDL=bool(pdl),
+            HEADS_INNER=tile.heads_inner, num_warps=tile.num_warps, num_stages=tile.num_stages,
+            **pdl)
         if self.splits > 1:
             merge[(self.batch_size, self.num_heads)](
                 self.part_o, self.part_lse, self.seq_lens, self.out, H=self.num_heads,
