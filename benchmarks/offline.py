@@ -12,6 +12,7 @@ through Hugging Face transformers `generate` as the baseline, in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,51 @@ from common import (add_engine_args, add_floor, build_llm, device_name, emit,  #
 from minisgl import SamplingParams  # noqa: E402
 
 
-def run_minisgl(args, reqs) -> tuple[float, int]:
+class Timeline:
+    """Where a run's time goes on the GPU: a CUDA event pair around every engine launch
+    (the step's forward, sampling and copies) and its phase and size. A step's GPU time is
+    the events' distance; the GPU idles between one step's end and the next one's start."""
+
+    BUCKETS = (1, 8, 32, 64, 128, 192, 256)  # decode rows: lower bounds of the buckets
+
+    def __init__(self, engine) -> None:
+        self.engine, self.launch, self.steps = engine, engine.launch, []
+
+        def launch(batch, mask=None):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            pending = self.launch(batch, mask)
+            end.record()
+            self.steps.append((batch.phase, batch.size, sum(batch.extend_lens), start, end))
+            return pending
+
+        engine.launch = launch
+
+    def close(self) -> dict:
+        self.engine.launch = self.launch
+        torch.cuda.synchronize()
+        groups: dict[str, list[float]] = {}
+        idle = 0.0
+        for i, (phase, size, tokens, start, end) in enumerate(self.steps):
+            if phase == "decode":
+                low = max(b for b in self.BUCKETS if b <= size)
+                key = f"decode {low}+"
+            else:
+                key = "prefill"
+            g = groups.setdefault(key, [0, 0, 0.0])
+            g[0] += 1
+            g[1] += tokens
+            g[2] += start.elapsed_time(end) / 1e3
+            if i:
+                idle += max(0.0, self.steps[i - 1][4].elapsed_time(start) / 1e3)
+        span = self.steps[0][3].elapsed_time(self.steps[-1][4]) / 1e3 if self.steps else 0.0
+        return {"span_s": round(span, 3), "gpu_idle_s": round(idle, 3), "steps": {
+            k: {"steps": n, "tokens": t, "gpu_s": round(s, 3), "ms_per_step": round(1e3 * s / n, 3)}
+            for k, (n, t, s) in sorted(groups.items())}}
+
+
+def run_minisgl(args, reqs) -> tuple[float, int, dict | None]:
     llm = build_llm(args)
     prompts = [p for p, _ in reqs]
     params = [SamplingParams(max_tokens=o, temperature=args.temperature, ignore_eos=True) for _, o in reqs]
@@ -38,7 +83,15 @@ def run_minisgl(args, reqs) -> tuple[float, int]:
     tokens = sum(o.num_output_tokens for o in outs)
     if tokens != sum(o for _, o in reqs):
         raise RuntimeError("minisgl produced fewer tokens than requested")
-    return elapsed, tokens
+    timeline = None
+    if args.timeline:  # a second, instrumented run from a cold prefix cache
+        llm.flush_cache()
+        recorder = Timeline(llm.scheduler.engine)
+        t = time.perf_counter()
+        llm.generate(prompts, params)
+        timeline = recorder.close()
+        timeline["elapsed_s"] = round(time.perf_counter() - t, 3)
+    return elapsed, tokens, timeline
 
 
 def run_hf(args, reqs) -> tuple[float, int]:
@@ -90,6 +143,9 @@ def main() -> None:
     ap.add_argument("--hf-baseline", action="store_true", help="also time HF transformers generate")
     ap.add_argument("--hf-batch-size", type=int, default=16)
     ap.add_argument("--name", default=None, help="benchmark name in the result (default offline-N)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="then run again with CUDA events around every step (CUDA only): GPU "
+                         "time by phase and decode batch size, GPU idle time")
     args = ap.parse_args()
     import logging
 
@@ -98,8 +154,10 @@ def main() -> None:
     mcfg = args.model_config
     reqs = offline_workload(args.num_requests, tuple(args.input_len), tuple(args.output_len),
                             args.seed, mcfg.vocab_size)
-    elapsed, tokens = run_minisgl(args, reqs)
+    elapsed, tokens, timeline = run_minisgl(args, reqs)
     print(f"minisgl: {tokens} tokens in {elapsed:.2f}s = {tokens / elapsed:.1f} tok/s", flush=True)
+    if timeline is not None:
+        print(json.dumps(timeline, indent=1), flush=True)
     result = {
         "benchmark": args.name or f"offline-{args.num_requests}", "model": args.model_label,
         "device": device_name(args.device), "tp": 1,
@@ -110,6 +168,8 @@ def main() -> None:
         "ms_per_output_token": round(1000 * elapsed / tokens, 3),
         "anchors": hardware_anchors(args.device), "ratios": {},
     }
+    if timeline is not None:
+        result["timeline"] = timeline
     result["engine"] = engine_record(args)
     add_floor(result, mcfg, args.dtype)
     if args.hf_baseline:

@@ -81,5 +81,7 @@ def test_tile_config_parses_and_rejects(monkeypatch):
     for bad in ("64,8", "48,4,3", "64,3,3", "64,4,0", "a,b,c", "64,4,3,1,1"):
         with pytest.raises(ValueError, match="MINISGL_SPLIT_DECODE_TILE|block_n|warps"):
             TileConfig.parse(bad)
+    assert default_tile(4) == TileConfig()  # the latency path's tile
+    assert default_tile(256).block_n > default_tile(4).block_n and default_tile(256).heads_inner
     monkeypatch.setenv("MINISGL_SPLIT_DECODE_TILE", "32,4,4,1")
     assert default_tile(256) == TileConfig(32, 4, 4, True)
