@@ -130,6 +130,7 @@ def add_engine_args(ap: argparse.ArgumentParser, model: str = "qwen3-0.6b") -> N
     ap.add_argument("--max-prefill-length", type=int, default=None)
     ap.add_argument("--cpu-kv-budget-mb", type=int, default=1024)
     ap.add_argument("--disable-overlap", action="store_true", help="the non-overlapped loop (ablation)")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="auto | fp8_e4m3")
     ap.add_argument("--out-dir", default=None, help="where the result JSON goes (default benchmarks/results)")
     ap.add_argument("--no-record", action="store_true", help="print the result, write no JSON")
 
@@ -164,6 +165,8 @@ def build_llm(args: argparse.Namespace, **overrides):
         kwargs["max_prefill_length"] = args.max_prefill_length
     if args.disable_overlap:
         kwargs["disable_overlap"] = True
+    if args.kv_cache_dtype != "auto":
+        kwargs["kv_cache_dtype"] = args.kv_cache_dtype
     kwargs.update(overrides)
     return LLM(args.model_path, **kwargs)
 
@@ -173,13 +176,16 @@ def engine_record(args: argparse.Namespace) -> dict:
     keys = ("dtype", "attention_backend", "cuda_graph_max_bs", "page_size", "max_running_requests",
             "memory_ratio", "disable_overlap")
     rec = {k: getattr(args, k) for k in keys}
+    if getattr(args, "kv_cache_dtype", "auto") != "auto":
+        rec["kv_cache_dtype"] = args.kv_cache_dtype
     import os
 
     from minisgl.attention.flashinfer_backend import (DECODE_TC_ENV, NO_SPLIT_ENV,
                                                       SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV)
 
     knobs = (DECODE_TC_ENV, NO_SPLIT_ENV, SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV,  # decode kernels
-             "MINISGL_FUSED_GEMV_MAX_TOKENS", "MINISGL_PDL", "MINISGL_GEMV_SILU_BLOCKS")
+             "MINISGL_FUSED_GEMV_MAX_TOKENS", "MINISGL_PDL", "MINISGL_GEMV_SILU_BLOCKS",
+             "MINISGL_SPLIT_DECODE_TILE")
     env = {k: os.environ[k] for k in knobs if os.environ.get(k)}
     if env:
         rec["env"] = env

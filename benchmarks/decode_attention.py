@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, emit, replay_us, resolve_model  # noqa: E402
 
-from minisgl.attention.flashinfer_backend import fa3, fa3_fi  # noqa: E402
+from minisgl.attention.flashinfer_backend import fa3, fa3_fi, fi  # noqa: E402
 from minisgl.engine.batch import Batch  # noqa: E402
 from minisgl.kvcache.storage import KVStorage  # noqa: E402
 from minisgl.models.config import ModelConfig  # noqa: E402
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layouts", default="random",
                     help="comma-separated slot layouts: random, interleaved, contiguous")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8_e4m3"),
+                    help="the cache's dtype (fp8_e4m3: FlashInfer's fi kernels and Triton only)")
     ap.add_argument("--tiles", default="",
                     help="extra Triton tiles, ';'-separated 'block_n,warps,stages[,heads_inner]'")
     args = ap.parse_args(argv)
@@ -103,17 +105,23 @@ def main(argv: list[str] | None = None) -> dict:
     h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     rows = []
     for (bs, ctx), layout in [(c, lay) for c in cases for lay in args.layouts.split(",")]:
-        kv = KVStorage(args.layers, bs * ctx + 16, hkv, d, torch.bfloat16, torch.device("cuda"))
-        kv.k.normal_()
-        kv.v.normal_()
-        backends = {"fa3": fa3(kv, h, hkv, d, 1), "fi": fa3_fi(kv, h, hkv, d, 1)}
+        fp8 = args.kv_cache_dtype == "fp8_e4m3"
+        kv = KVStorage(args.layers, bs * ctx + 16, hkv, d,
+                       torch.float8_e4m3fn if fp8 else torch.bfloat16, torch.device("cuda"),
+                       compute_dtype=torch.bfloat16)
+        for cache in (kv.k, kv.v):
+            for layer in cache:  # layer by layer: no full-size float temporary
+                layer.copy_(torch.randn(layer.shape, device="cuda"))
+        backends = {"fi": (fi if fp8 else fa3_fi)(kv, h, hkv, d, 1)}
+        if not fp8:
+            backends["fa3"] = fa3(kv, h, hkv, d, 1)
         if layout == "contiguous" and ctx % 16 == 0:
-            backends["page16"] = fa3_fi(kv, h, hkv, d, 16)
-        row = {"bs": bs, "ctx": ctx, "layout": layout}
+            backends["page16"] = (fi if fp8 else fa3_fi)(kv, h, hkv, d, 16)
+        row = {"bs": bs, "ctx": ctx, "layout": layout, "kv": str(kv.k.dtype)[6:]}
         ref = None
         q = torch.randn(bs, h, d, dtype=torch.bfloat16, device="cuda")
         table = slot_table(bs, ctx, layout)
-        runs = [(v, v, None) for v in args.variants.split(",")]
+        runs = [(v, v, None) for v in args.variants.split(",") if v != "fa3" or "fa3" in backends]
         runs += [(tile_name(t), "triton-split", t) for t in tiles]
         if "page16" in backends:
             runs.append(("fi-page16", "fi-nosplit", None))
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             row[name + "_max_diff"] = round((out.float() - ref.float()).abs().max().item(), 4)
         best = min((row[n + "_us"], n) for n, _, _ in runs)
         row["best"] = best[1]
-        row["kv_tbs_best"] = round(2 * bs * ctx * hkv * d * 2 / best[0] / 1e6, 3)  # K+V, bf16
+        row["kv_tbs_best"] = round(2 * bs * ctx * hkv * d * kv.k.element_size() / best[0] / 1e6, 3)
         print(json.dumps(row), flush=True)
         rows.append(row)
         del kv, backends

@@ -88,6 +88,7 @@ def worker_args(spec: WorkerSpec) -> list[str]:
         "--max-prefill-length": spec.max_prefill_length,
         "--page-size": spec.page_size,
         "--memory-ratio": spec.memory_ratio,
+        "--kv-cache-dtype": None if spec.kv_cache_dtype == "auto" else spec.kv_cache_dtype,
         "--max-queued-requests": spec.max_queued_requests,
         "--api-key-file": (None if spec.api_keys_secret is None
                            else f"{API_KEYS_PATH}/{spec.api_keys_secret.key}"),

@@ -14,6 +14,8 @@ GPUS_PER_NODE = 8  # assumed when a tensor-parallel size is larger than one node
 DEVICES = ("cuda", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION_BACKENDS = ("torch", "fi", "fa3", "fa3,fi")
+KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
+FP8_KV_BACKENDS = ("torch", "fi")  # the worker's config.FP8_KV_BACKENDS
 CACHE_TYPES = ("radix", "naive")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 STRATEGIES = ("Auto", "RollingUpdate", "Recreate")
@@ -75,6 +77,7 @@ class WorkerSpec:
     max_prefill_length: int | None = None
     page_size: int | None = None
     memory_ratio: float | None = None
+    kv_cache_dtype: str = "auto"
     extra_args: tuple[str, ...] = ()
     gpu: int = 1
     cpu: Any = None
@@ -222,6 +225,12 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None,
     memory_ratio = engine.get("memoryRatio")
     if memory_ratio is not None and not 0 < float(memory_ratio) <= 1:
         raise ValueError(f"engine.memoryRatio must be in (0, 1], got {memory_ratio}")
+    kv_cache_dtype = _choice(engine.get("kvCacheDtype", "auto"), KV_CACHE_DTYPES,
+                             "engine.kvCacheDtype")
+    backend = engine.get("attentionBackend")
+    if kv_cache_dtype != "auto" and backend is not None and backend not in FP8_KV_BACKENDS:
+        raise ValueError(f"engine.kvCacheDtype {kv_cache_dtype} needs engine.attentionBackend "
+                         f"{' or '.join(FP8_KV_BACKENDS)} (or unset), got {backend}")
     extra_args = tuple(str(a) for a in engine.get("extraArgs") or ())
     for arg in extra_args:
         if any(arg == f or arg.startswith(f + "=") for f in MANAGED_FLAGS):
@@ -285,6 +294,7 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None,
         max_prefill_length=_opt_int(engine.get("maxPrefillLength"), "engine.maxPrefillLength", 1),
         page_size=_opt_int(engine.get("pageSize"), "engine.pageSize", 1),
         memory_ratio=None if memory_ratio is None else float(memory_ratio),
+        kv_cache_dtype=kv_cache_dtype,
         extra_args=extra_args,
         gpu=gpu,
         cpu=resources.get("cpu"),

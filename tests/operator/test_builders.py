@@ -240,3 +240,19 @@ def test_auth_key_file_is_mounted_and_the_worker_cli_takes_the_flags():
     assert ns.api_key_file == f"{mount['mountPath']}/keys" and ns.max_queued_requests == 64
     with pytest.raises(ValueError, match="auth.maxQueuedRequests"):
         parse_spec({**make_spec(1, False, False, False, False), "auth": {"maxQueuedRequests": -1}})
+
+
+def test_kv_cache_dtype_reaches_the_worker_cli_and_is_validated():
+    from minisgl.server.args import build_parser
+
+    raw = make_spec(1, False, False, False, False)
+    raw["engine"] = {**raw["engine"], "attentionBackend": "fi", "kvCacheDtype": "fp8_e4m3"}
+    spec = parse_spec(raw)
+    ns = build_parser().parse_args(worker_args(spec))  # the worker's own parser accepts it
+    assert ns.kv_cache_dtype == "fp8_e4m3" and ns.attention_backend == "fi"
+    default = parse_spec(make_spec(1, False, False, False, False))
+    assert default.kv_cache_dtype == "auto" and "--kv-cache-dtype" not in worker_args(default)
+    with pytest.raises(ValueError, match="engine.kvCacheDtype"):
+        parse_spec({**raw, "engine": {**raw["engine"], "kvCacheDtype": "int8"}})
+    with pytest.raises(ValueError, match="needs engine.attentionBackend torch or fi"):
+        parse_spec({**raw, "engine": {**raw["engine"], "attentionBackend": "fa3,fi"}})

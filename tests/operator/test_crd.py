@@ -39,6 +39,7 @@ def test_schema_enums_match_what_the_operator_accepts():
     assert tuple(engine["dtype"]["enum"]) == spec_mod.DTYPES
     assert tuple(engine["attentionBackend"]["enum"]) == spec_mod.ATTENTION_BACKENDS
     assert tuple(engine["cacheType"]["enum"]) == spec_mod.CACHE_TYPES
+    assert tuple(engine["kvCacheDtype"]["enum"]) == spec_mod.KV_CACHE_DTYPES
     assert tuple(engine["device"]["enum"]) == spec_mod.DEVICES
     assert tuple(s["rollout"]["properties"]["strategy"]["enum"]) == spec_mod.STRATEGIES
     assert tuple(s["autoscaling"]["properties"]["metric"]["enum"]) == spec_mod.METRICS

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 ATTENTION_BACKENDS = ("torch", "fi", "fa3", "fa3,fi")
 CACHE_TYPES = ("radix", "naive")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# auto: the model dtype; fp8_e4m3: K/V stored as float8 e4m3 (values clamped to +-448, no
+# scale), half the bytes a token: twice the cache and half the decode-attention reads.
+KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
+# FlashInfer backends that read an FP8 cache (with a 16-bit query): its FA2 kernels. The
+# FA3-template prefill is not built or tested for it here, so fa3 / fa3,fi refuse it.
+FP8_KV_BACKENDS = ("torch", "fi")
 
 
 def auto_device() -> str:
@@ -19,9 +25,11 @@ def auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def auto_attention_backend(device: str, dtype: str = "auto", model_path: str | None = None) -> str:
+def auto_attention_backend(device: str, dtype: str = "auto", model_path: str | None = None,
+                           kv_cache_dtype: str = "auto") -> str:
     """The fastest backend installed for the device (the server's and LLM's default).
-    FlashInfer runs half precision only: float32 (asked for, or the config's) gets torch."""
+    FlashInfer runs half precision only: float32 (asked for, or the config's) gets torch;
+    an FP8 KV cache gets fi (FP8_KV_BACKENDS)."""
     import importlib.util
 
     if dtype == "auto" and model_path is not None and device == "cuda":
@@ -38,7 +46,8 @@ def auto_attention_backend(device: str, dtype: str = "auto", model_path: str | N
         import torch
 
         # Hopper: FA3-template prefill + FlashInfer decode, as Mini-SGLang defaults to.
-        return "fa3,fi" if torch.cuda.get_device_capability()[0] == 9 else "fi"
+        hopper = torch.cuda.get_device_capability()[0] == 9
+        return "fa3,fi" if hopper and kv_cache_dtype == "auto" else "fi"
     return "torch"
 
 
@@ -66,6 +75,7 @@ class EngineConfig:
     dist_init_method: str | None = None  # e.g. file:///tmp/.../dist; needed when tp_size > 1
     max_running_requests: int = 256  # also sizes the engine's per-request device state
     nnodes: int = 1  # the tp ranks are spread over this many nodes, tp_size // nnodes each
+    kv_cache_dtype: str = "auto"  # KV_CACHE_DTYPES
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -91,6 +101,13 @@ class EngineConfig:
             raise ValueError(
                 f"--attention-backend {self.attention_backend} needs --device cuda; use torch on cpu"
             )
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype != "auto" and self.attention_backend not in FP8_KV_BACKENDS:
+            raise ValueError(f"--kv-cache-dtype {self.kv_cache_dtype} runs on the "
+                             f"{' or '.join(FP8_KV_BACKENDS)} attention backend, not "
+                             f"{self.attention_backend}")
         if self.cuda_graph_max_bs < 0:
             raise ValueError(f"--cuda-graph-max-bs must be >= 0, got {self.cuda_graph_max_bs}")
         if self.max_running_requests < 1:

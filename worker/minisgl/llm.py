@@ -72,7 +72,8 @@ class LLM:
 
         kwargs.setdefault("device", auto_device())
         kwargs.setdefault("attention_backend", auto_attention_backend(
-            kwargs["device"], kwargs.get("dtype", "auto"), model_path))
+            kwargs["device"], kwargs.get("dtype", "auto"), model_path,
+            kwargs.get("kv_cache_dtype", "auto")))
         kwargs.setdefault("cuda_graph_max_bs", auto_cuda_graph_max_bs(kwargs["attention_backend"]))
         if disable_overlap:
             kwargs["overlap"] = False

@@ -238,11 +238,11 @@ def qwen2_model(tmp_path_factory) -> str:
                                 max_position_embeddings=2048, random_vectors=True))
 
 
-def _references(model: str):
+def _references(model: str, **kwargs):
     """Teacher-forced logprobs of full sequences from the torch backend, float32 (the
     reference) and bfloat16 (what bf16 itself costs); one pair of engines per model."""
-    llms = {d: LLM(model, device="cuda", dtype=d, num_pages=8192, attention_backend="torch")
-            for d in ("float32", "bfloat16")}
+    llms = {d: LLM(model, device="cuda", dtype=d, num_pages=8192, attention_backend="torch",
+                   **kwargs) for d in ("float32", "bfloat16")}
     p = SamplingParams(max_tokens=0, prompt_logprobs=True)
     return lambda dtype, seqs: [o.prompt_logprobs for o in llms[dtype].generate(seqs, p)]
 
@@ -275,3 +275,29 @@ def test_fused_gemv_layers_match_float32_reference(request, references, monkeypa
         assert net._fused_gemv(h) == (t <= int(max_tokens)), t
     prompts, params = _decode_prompts()
     _assert_decode_tracks_float32(prompts, llm.generate(prompts, params), references(model))
+
+
+@pytest.mark.parametrize("split_max_bs,split_from_bs,page_size", [
+    ("8", "32", 1),  # the defaults: Triton in the graphs (<= 8 rows), FlashInfer eager past them
+    ("0", "3", 16),  # Triton from 3 rows, eager too; FlashInfer at 1-2 rows; page size 16
+])
+def test_fp8_kv_cache_matches_float32_with_the_same_cache(gqa4_model, monkeypatch, split_max_bs,
+                                                          split_from_bs, page_size):
+    """--kv-cache-dtype fp8_e4m3 on the GPU (qk_rope_store's saturating FP8 store, FlashInfer's
+    FA2 prefill and decode kernels reading FP8 with a bf16 query, the Triton split-KV kernel,
+    CUDA graphs, the fused-GEMV one-token path) against the torch backend in float32 with an
+    FP8 cache too (its correctness against a float32 cache of FP8-rounded values is a CPU
+    test, tests/worker/engine/test_kv_fp8.py): decode logprobs within bf16's own error."""
+    from minisgl.attention.flashinfer_backend import SPLIT_DECODE_ENV, SPLIT_DECODE_FROM_ENV
+
+    monkeypatch.setenv(SPLIT_DECODE_ENV, split_max_bs)
+    monkeypatch.setenv(SPLIT_DECODE_FROM_ENV, split_from_bs)
+    llm = LLM(gqa4_model, device="cuda", dtype="bfloat16", num_pages=8192, page_size=page_size,
+              attention_backend="fi", cuda_graph_max_bs=8, kv_cache_dtype="fp8_e4m3",
+              max_prefill_length=128)  # chunked prefill: later chunks read the FP8 prefix
+    engine = llm.scheduler.engine
+    assert engine.kv.k.dtype == torch.float8_e4m3fn
+    prompts, params = _decode_prompts()
+    outs = llm.generate(prompts, params)
+    assert engine.attn.split_steps > 0
+    _assert_decode_tracks_float32(prompts, outs, _references(gqa4_model, kv_cache_dtype="fp8_e4m3"))

@@ -13,7 +13,7 @@ ALL_FLAGS = [
     "--device", "--served-model-name", "--api-key", "--shutdown-timeout", "--log-level",
     "--shell-mode", "--tokenizer-path", "--disable-overlap", "--allowed-origins", "--chat-template",
     "--reasoning-parser", "--api-key-file", "--max-queued-requests", "--nnodes", "--node-rank",
-    "--dist-init-addr", "--dist-timeout",
+    "--dist-init-addr", "--dist-timeout", "--kv-cache-dtype",
 ]
 
 
@@ -44,6 +44,7 @@ def test_every_flag_reaches_the_args_and_the_scheduler_config(tmp_path, monkeypa
         "--num-pages", "100", "--dummy-weight", "--device", "cpu", "--served-model-name", "tiny",
         "--api-key", "sk-s3cret", "--shutdown-timeout", "3", "--log-level", "debug", "--shell-mode",
         "--max-model-len", "256", "--tokenizer-path", "demo", "--disable-overlap",
+        "--kv-cache-dtype", "fp8_e4m3",
     ])
     assert (a.tp_size, a.host, a.port, a.num_tokenizer, a.api_key) == (2, "0.0.0.0", 8000, 3, "sk-s3cret")
     assert a.model_name == "tiny" and a.shell_mode and a.shutdown_timeout == 3.0
@@ -52,6 +53,7 @@ def test_every_flag_reaches_the_args_and_the_scheduler_config(tmp_path, monkeypa
     assert (c.tp_rank, c.tp_size, c.cache_type, c.max_running_requests) == (1, 2, "naive", 7)
     assert (c.page_size, c.num_pages, c.memory_ratio, c.max_prefill_length) == (4, 100, 0.5, 64)
     assert (c.dtype, c.device, c.dummy_weight, c.max_model_len) == ("float32", "cpu", True, 256)
+    assert c.kv_cache_dtype == "fp8_e4m3"
     assert c.dist_init_method.startswith("file://")
     assert a.tokenizer_path == "demo" and c.overlap is False and not c.use_overlap
     assert parse_args(["--model-path", "demo", "--device", "cpu"]).to_scheduler_config(0).overlap is None

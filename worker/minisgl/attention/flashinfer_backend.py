@@ -40,13 +40,15 @@ _CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)  # the CUDA-core decode kernel dispatches on
 # never. Measured on an H200, Llama-3.1-8B shape: inside CUDA graphs
 # (benchmarks/decode_attention.py, decode-attention-*.json) 1 row x 256 tokens 5.1 vs 9.6 us
 # a layer, 8 x 512 12.5 vs 13.7; latency-b1 4.74 vs 4.99 ms/token (same call). FlashInfer
-# wins at 16-32 rows (17.0 vs 19.1 us). At 64+ rows the kernel alone was faster on uniform
-# rows (256 x 512: 137.9 vs 144.7 us unsplit) but offline-256 ran slower end to end
-# (9,782 vs 10,122 tok/s, shared-prefix 21,449 vs 21,920, one call), so FROM_BS is off.
+# wins at 16-32 rows with the small-batch tile (17.0 vs 19.1 us). From 32 rows the kernel
+# runs again with a wider tile (split_decode.default_tile: heads inner, 64-128 keys): 256 x
+# 512 144.1 vs FlashInfer's 156.6 us, 64 x 512 38.4 vs 48.4; end to end, one call: offline-256
+# 8B 10,370 vs 10,149 / 10,225 tok/s (FlashInfer, run twice), shared-prefix 0.6B 24,019 vs
+# 23,080 (median of 3 each). With the old 32-key tile at these sizes offline-256 was 9,874.
 SPLIT_DECODE_ENV = "MINISGL_SPLIT_DECODE_MAX_BS"
 SPLIT_DECODE_MAX_BS = 8
 SPLIT_DECODE_FROM_ENV = "MINISGL_SPLIT_DECODE_FROM_BS"
-SPLIT_DECODE_FROM_BS = 0
+SPLIT_DECODE_FROM_BS = 32
 # CUDA-graph decode batches of at least this many rows run FlashInfer's kernel without its KV
 # split: in graph mode FlashInfer always splits (the grid is fixed at capture), and at large
 # batches the split only adds a float32 partial write and a merge kernel per layer (0 = never;
@@ -158,11 +160,11 @@ class FlashInferBackend(AttentionBackend):
     def _split_decode(self, bs: int) -> SplitDecode:
         splits, min_chunk = split_shape(bs, self.num_kv_heads, self.num_sms)
         return SplitDecode(bs, self.num_heads, self.num_kv_heads, self.head_dim, splits,
-                           self.device, self.kv.k.dtype, min_chunk)
+                           self.device, self.kv.compute_dtype, min_chunk)
 
     def _plan(self, wrapper, table: PageTable, decode: bool, no_split: bool = False) -> None:
-        dtype = self.kv.k.dtype
-        common = dict(q_data_type=dtype, kv_data_type=dtype, sm_scale=self.scale)
+        common = dict(q_data_type=self.kv.compute_dtype, kv_data_type=self.kv.k.dtype,
+                      sm_scale=self.scale)
         self._planned.synchronize()
         if decode and not self.decode_with_prefill_kernel:
             if no_split and _plan_takes_disable_split_kv(type(wrapper)):

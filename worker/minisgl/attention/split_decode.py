@@ -76,8 +76,9 @@ def _kernels():
                 nmask = n < hi
                 slot = tl.load(table_ptr + row * table_stride + n, mask=nmask, other=0).to(tl.int64)
                 offs = slot[:, None] * (HKV * D) + kvh * D + d[None, :]  # [BLOCK_N, D]
-                k = tl.load(k_ptr + offs, mask=nmask[:, None], other=0.0)
-                v = tl.load(v_ptr + offs, mask=nmask[:, None], other=0.0)
+                # an FP8 cache is upcast to the query's dtype as it is read
+                k = tl.load(k_ptr + offs, mask=nmask[:, None], other=0.0).to(q.dtype)
+                v = tl.load(v_ptr + offs, mask=nmask[:, None], other=0.0).to(q.dtype)
                 qk = tl.dot(q, tl.trans(k)) * sm_scale  # [GP, BLOCK_N] f32
                 qk = tl.where(nmask[None, :], qk, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, 1))

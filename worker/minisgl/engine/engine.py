@@ -16,7 +16,7 @@ from minisgl.distributed import init_tp_group
 from minisgl.engine.batch import Batch, to_device
 from minisgl.engine.sampler import Sampler
 from minisgl.engine.state import RequestState
-from minisgl.kvcache.storage import KVStorage
+from minisgl.kvcache.storage import KVStorage, kv_storage_dtype
 from minisgl.models import BUILTIN_MODELS, create_model, resolve_model_path
 from minisgl.models.config import ModelConfig
 from minisgl.models.loader import init_dummy_weights, load_weights
@@ -82,10 +82,12 @@ class Engine:
                                  self.model_config.max_position_embeddings)
         self.model = self._load_model()
         self.num_kv_heads = max(1, self.model_config.num_kv_heads // config.tp_size)
+        self.kv_dtype = kv_storage_dtype(config.kv_cache_dtype, self.dtype)
         self.num_pages = self._num_pages()
         # One extra page past the pool: scratch space that padded CUDA-graph rows write to.
         self.kv = KVStorage(self.model_config.num_layers, (self.num_pages + 1) * config.page_size,
-                            self.num_kv_heads, self.model_config.head_dim, self.dtype, self.device)
+                            self.num_kv_heads, self.model_config.head_dim, self.kv_dtype,
+                            self.device, compute_dtype=self.dtype)
         self.attn = create_attention_backend(
             config.attention_backend, self.kv, self.model_config.num_heads // config.tp_size,
             self.num_kv_heads, self.model_config.head_dim, config.page_size,
@@ -95,7 +97,8 @@ class Engine:
         width = -(-self.max_model_len // config.page_size) * config.page_size
         self.state = RequestState(config.max_running_requests, width,
                                   scratch_slot=self.num_pages * config.page_size, device=self.device)
-        logger.info("KV cache: %d pages of %d tokens (%.2f GiB)%s", self.num_pages, config.page_size,
+        logger.info("KV cache: %d pages of %d tokens, %s (%.2f GiB)%s", self.num_pages,
+                    config.page_size, str(self.kv_dtype).removeprefix("torch."),
                     2 * self.kv.k.numel() * self.kv.k.element_size() / 2**30, self._memory_note())
         self.graphs = None
         if config.device == "cuda" and config.cuda_graph_max_bs > 0 and self.attn.supports_cuda_graph:
@@ -139,7 +142,8 @@ class Engine:
         if c.num_pages is not None:
             return c.num_pages
         per_page = c.page_size * KVStorage.bytes_per_slot(
-            self.model_config.num_layers, self.num_kv_heads, self.model_config.head_dim, self.dtype)
+            self.model_config.num_layers, self.num_kv_heads, self.model_config.head_dim,
+            self.kv_dtype)
         if c.device == "cuda":
             torch.cuda.empty_cache()  # dummy-weight temporaries must not count as used
             free, total = torch.cuda.mem_get_info(self.device)

@@ -5,18 +5,36 @@ from __future__ import annotations
 import torch
 
 
+FP8_MAX = 448.0  # float8 e4m3fn's largest finite value; stores clamp to it (no scale)
+
+
+def kv_storage_dtype(name: str, compute_dtype: torch.dtype) -> torch.dtype:
+    """--kv-cache-dtype (config.KV_CACHE_DTYPES) -> the cache's torch dtype."""
+    return torch.float8_e4m3fn if name == "fp8_e4m3" else compute_dtype
+
+
 class KVStorage:
+    """dtype: what the cache holds; compute_dtype: what attention reads it as and returns
+    (the model dtype; differs for an FP8 cache, which every reader upcasts)."""
+
     def __init__(self, num_layers: int, num_slots: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device,
+                 compute_dtype: torch.dtype | None = None) -> None:
         shape = (num_layers, num_slots, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, Hkv, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_slots = num_slots
+        self.compute_dtype = compute_dtype or dtype
+        self.fp8 = dtype == torch.float8_e4m3fn
 
     def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """slots [T] int64; k, v [T, Hkv, D]."""
-        self.k[layer].index_copy_(0, slots, k.to(self.k.dtype))
-        self.v[layer].index_copy_(0, slots, v.to(self.v.dtype))
+        for cache, x in ((self.k[layer], k), (self.v[layer], v)):
+            if self.fp8:  # saturate (a plain cast overflows to NaN); index_copy_ via bytes:
+                x = x.clamp(-FP8_MAX, FP8_MAX).to(cache.dtype)  # the CPU has no fp8 kernel
+                cache.view(torch.uint8).index_copy_(0, slots, x.view(torch.uint8))
+            else:
+                cache.index_copy_(0, slots, x.to(cache.dtype))
 
     @staticmethod
     def bytes_per_slot(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

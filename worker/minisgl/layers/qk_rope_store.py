@@ -5,7 +5,8 @@ Unfused this is up to seven kernels per layer (two norms, rope, two index copies
 q/k/v split copies); at decode batch sizes each is a few microseconds of a step that
 should be streaming weights. The Triton kernel runs one program per token over all its heads
 (a [heads, D/2] tile; a program per (token, head) was 4x slower in prefill): it writes the
-rotated query, the rotated key and the value into the cache.
+rotated query, the rotated key and the value into the cache (an FP8 cache gets them
+clamped to its range and rounded).
 `qk_rope_store_reference` is the same computation in PyTorch (CPU, and the kernel's test).
 """
 
@@ -15,6 +16,7 @@ import functools
 
 import torch
 
+from minisgl.kvcache.storage import FP8_MAX
 from minisgl.layers.fused import pdl_launch
 from minisgl.layers.rotary import _rotate
 
@@ -28,7 +30,8 @@ def _kernel():
     def qk_rope_store(qkv_ptr, qkv_stride, pos_ptr, cos_sin_ptr, qw_ptr, kw_ptr, slots_ptr,
                       q_out_ptr, k_cache_ptr, v_cache_ptr, eps,
                       H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BH: tl.constexpr,
-                      BKV: tl.constexpr, HAS_NORM: tl.constexpr, PDL: tl.constexpr):
+                      BKV: tl.constexpr, HAS_NORM: tl.constexpr, PDL: tl.constexpr,
+                      FP8_MAX: tl.constexpr):
         if PDL:  # launched early (layers/fused.py: pdl_launch): wait for qkv
             tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
@@ -64,11 +67,17 @@ def _kernel():
             x2 = x2 * rstd * tl.load(kw_ptr + half + offs).to(tl.float32)
         slot = tl.load(slots_ptr + t)
         dst = k_cache_ptr + (slot * HKV + hk) * D + offs
-        tl.store(dst, (x1 * cos - x2 * sin).to(k_cache_ptr.dtype.element_ty), mask=mk)
-        tl.store(dst + half, (x2 * cos + x1 * sin).to(k_cache_ptr.dtype.element_ty), mask=mk)
+        k1, k2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
         full = tl.arange(0, D)[None, :]
         v = tl.load(row + (H + HKV + hk) * D + full, mask=mk, other=0.0)
-        tl.store(v_cache_ptr + (slot * HKV + hk) * D + full, v, mask=mk)
+        if FP8_MAX > 0:  # an FP8 cache: saturate (the cast would overflow to NaN)
+            k1 = tl.clamp(k1, -FP8_MAX, FP8_MAX)
+            k2 = tl.clamp(k2, -FP8_MAX, FP8_MAX)
+            v = tl.clamp(v.to(tl.float32), -FP8_MAX, FP8_MAX)
+        tl.store(dst, k1.to(k_cache_ptr.dtype.element_ty), mask=mk)
+        tl.store(dst + half, k2.to(k_cache_ptr.dtype.element_ty), mask=mk)
+        tl.store(v_cache_ptr + (slot * HKV + hk) * D + full, v.to(v_cache_ptr.dtype.element_ty),
+                 mask=mk)
 
     return qk_rope_store
 
@@ -94,7 +103,8 @@ def qk_rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Ten
     _kernel()[(t,)](
         qkv, qkv.stride(0), positions, cos_sin, w, k_weight if has_norm else w, slots, q,
         k_cache, v_cache, eps, H=num_heads, HKV=num_kv_heads, D=head_dim,
-        BH=_pow2(num_heads), BKV=_pow2(num_kv_heads), HAS_NORM=has_norm, PDL=bool(pdl), **pdl)
+        BH=_pow2(num_heads), BKV=_pow2(num_kv_heads), HAS_NORM=has_norm, PDL=bool(pdl),
+        FP8_MAX=FP8_MAX if k_cache.dtype == torch.float8_e4m3fn else 0.0, **pdl)
     return q
 
 
@@ -112,6 +122,10 @@ def qk_rope_store_reference(qkv: torch.Tensor, positions: torch.Tensor, cos_sin:
         k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + eps) * k_weight.float()
     cos, sin = cos_sin[positions].float().chunk(2, dim=-1)  # [T, D/2] each
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    k_cache[slots] = _rotate(k, cos, sin).to(k_cache.dtype)  # float32 in, float32 out
-    v_cache[slots] = v.reshape(t, num_kv_heads, d).to(v_cache.dtype)
+    for cache, x in ((k_cache, _rotate(k, cos, sin)), (v_cache, v.reshape(t, num_kv_heads, d))):
+        if cache.dtype == torch.float8_e4m3fn:  # saturate; write the bytes (no CPU fp8 kernel)
+            cache.view(torch.uint8)[slots] = x.clamp(-FP8_MAX, FP8_MAX).to(cache.dtype).view(
+                torch.uint8)
+        else:
+            cache[slots] = x.to(cache.dtype)  # float32 in, float32 out
     return _rotate(q, cos, sin).to(qkv.dtype)

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from minisgl.config import (ATTENTION_BACKENDS, CACHE_TYPES, DTYPES, SchedulerConfig, auto_attention_backend,
+from minisgl.config import (ATTENTION_BACKENDS, CACHE_TYPES, DTYPES, KV_CACHE_DTYPES, SchedulerConfig, auto_attention_backend,
                             auto_cuda_graph_max_bs, auto_device)
 
 ENV_API_KEY = "MINISGL_API_KEY"
@@ -26,6 +26,7 @@ class ServerArgs:
     cache_type: str = "radix"
     max_running_requests: int = 256
     memory_ratio: float = 0.9
+    kv_cache_dtype: str = "auto"
     max_prefill_length: int = 8192
     page_size: int = 1
     num_pages: int | None = None
@@ -125,7 +126,8 @@ class ServerArgs:
     def resolved_attention_backend(self) -> str:
         if self.attention_backend != "auto":
             return self.attention_backend
-        return auto_attention_backend(self.resolved_device, self.dtype, self.model_path)
+        return auto_attention_backend(self.resolved_device, self.dtype, self.model_path,
+                                      self.kv_cache_dtype)
 
     @property
     def resolved_cuda_graph_max_bs(self) -> int:
@@ -143,6 +145,7 @@ class ServerArgs:
             page_size=self.page_size,
             num_pages=self.num_pages,
             memory_ratio=self.memory_ratio,
+            kv_cache_dtype=self.kv_cache_dtype,
             attention_backend=self.resolved_attention_backend,
             dummy_weight=self.dummy_weight,
             max_model_len=self.max_model_len,
@@ -227,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests in the running batch at most")
     e.add_argument("--memory-ratio", type=float, default=d["memory_ratio"].default,
                    help="fraction of free GPU memory for weights + KV cache")
+    e.add_argument("--kv-cache-dtype", default=d["kv_cache_dtype"].default, choices=KV_CACHE_DTYPES,
+                   help="auto: the model dtype; fp8_e4m3: half the bytes a token (twice the "
+                        "cache, faster long-context decode; values clamped to +-448, no scale)")
     e.add_argument("--max-prefill-length", type=int, default=d["max_prefill_length"].default,
                    help="tokens per prefill batch; longer prompts are chunked")
     e.add_argument("--page-size", type=int, default=d["page_size"].default,
