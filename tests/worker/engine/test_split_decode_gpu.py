@@ -15,14 +15,16 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("tile", [TileConfig(), TileConfig(64, 4, 3, True), TileConfig(128, 8, 2, True)],
                          ids=["default", "64x4x3h", "128x8x2h"])
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("splits,min_chunk", [(32, 32), (8, 32), (LARGE_SPLITS, LONG_CHUNK)])
-def test_split_decode_bf16_matches_float32_attention(splits, min_chunk, tile):
+def test_split_decode_bf16_matches_float32_attention(splits, min_chunk, tile, kv_dtype):
+    """bf16 queries over a bf16 or an FP8 cache (the reference reads the FP8 values exactly)."""
     torch.manual_seed(0)
     H, HKV, D, NS, W = 32, 8, 128, 40_000, 9_000
     seq = torch.tensor([1, 31, LONG_CHUNK - 1, LONG_CHUNK + 1, 8_500])  # one token to many chunks
     B = len(seq)
-    k = torch.randn(NS, HKV, D, dtype=torch.bfloat16, device="cuda")
-    v = torch.randn_like(k)
+    k = torch.randn(NS, HKV, D, device="cuda").to(kv_dtype)
+    v = torch.randn(NS, HKV, D, device="cuda").to(kv_dtype)
     table = torch.stack([torch.randperm(NS)[:W] for _ in range(B)]).to(torch.int32).cuda()
     state = torch.arange(B, device="cuda")
     q = torch.randn(B, H, D, dtype=torch.bfloat16, device="cuda")
