@@ -129,3 +129,15 @@ def test_batch_fill_matches_one_by_one(backend, tokenizer):
         alone, _ = backend.fill([matchers[i]])
         assert batched[i].tolist() == alone[0].tolist()
     assert batched[0].tolist() == batched[4].tolist() == [-1] * batched.shape[1]  # all allowed
+
+
+def test_a_tokenizer_far_smaller_than_the_model_is_warned_about(tokenizer, caplog):
+    """xgrammar treats model ids past the tokenizer as special tokens and scans them on every
+    accepted token: the server says so instead of silently running constrained decoding slow."""
+    with caplog.at_level("WARNING", logger="minisgl.grammar"):
+        GrammarBackend(tokenizer, len(tokenizer) + 10, [tokenizer.eos_token_id])
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="minisgl.grammar"):
+        GrammarBackend(tokenizer, len(tokenizer) + 50_000, [tokenizer.eos_token_id])
+    [record] = caplog.records
+    assert "special tokens" in record.getMessage() and "50000 ids past" in record.getMessage()
