@@ -27,47 +27,74 @@ from minisgl import SamplingParams  # noqa: E402
 
 
 class Timeline:
-    """Where a run's time goes on the GPU: a CUDA event pair around every engine launch
-    (the step's forward, sampling and copies) and its phase and size. A step's GPU time is
-    the events' distance; the GPU idles between one step's end and the next one's start."""
+    """Where a run's time goes on the GPU: CUDA events at the start of every engine launch,
+    just before its forward (the graph replay or the eager model call) and at its end, with
+    its phase and size. Under overlap the GPU reaches a step's start event as the previous
+    step ends, then waits for the host to plan this one (attention metadata, copies):
+    `host_wait_s` is start -> forward (its few metadata copies included), `gpu_s` forward ->
+    end (forward, sampling, copies out); the GPU idles between steps for `gpu_idle_s`."""
 
     BUCKETS = (1, 8, 32, 64, 128, 192, 256)  # decode rows: lower bounds of the buckets
 
     def __init__(self, engine) -> None:
         self.engine, self.launch, self.steps = engine, engine.launch, []
+        self.replay, self.forward = torch.cuda.CUDAGraph.replay, engine.model.forward
+        self._forward_event = None  # the current step's, set by whichever runs first
+
+        def mark():
+            if self._forward_event is None:
+                self._forward_event = torch.cuda.Event(enable_timing=True)
+                self._forward_event.record()
+
+        def replay(graph, *args, **kwargs):
+            mark()
+            return self.replay(graph, *args, **kwargs)
+
+        def forward(*args, **kwargs):
+            mark()
+            return self.forward(*args, **kwargs)
 
         def launch(batch, mask=None):
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
+            self._forward_event = None
             pending = self.launch(batch, mask)
             end.record()
-            self.steps.append((batch.phase, batch.size, sum(batch.extend_lens), start, end))
+            fwd = self._forward_event or start
+            self.steps.append((batch.phase, batch.size, sum(batch.extend_lens), start, fwd, end))
             return pending
 
         engine.launch = launch
+        torch.cuda.CUDAGraph.replay = replay
+        engine.model.forward = forward
 
     def close(self) -> dict:
         self.engine.launch = self.launch
+        torch.cuda.CUDAGraph.replay = self.replay
+        del self.engine.model.forward  # the instance attribute: back to the class's
         torch.cuda.synchronize()
         groups: dict[str, list[float]] = {}
         idle = 0.0
-        for i, (phase, size, tokens, start, end) in enumerate(self.steps):
+        for i, (phase, size, tokens, start, fwd, end) in enumerate(self.steps):
             if phase == "decode":
                 low = max(b for b in self.BUCKETS if b <= size)
                 key = f"decode {low}+"
             else:
                 key = "prefill"
-            g = groups.setdefault(key, [0, 0, 0.0])
+            g = groups.setdefault(key, [0, 0, 0.0, 0.0])
             g[0] += 1
             g[1] += tokens
-            g[2] += start.elapsed_time(end) / 1e3
+            g[2] += fwd.elapsed_time(end) / 1e3
+            g[3] += start.elapsed_time(fwd) / 1e3
             if i:
-                idle += max(0.0, self.steps[i - 1][4].elapsed_time(start) / 1e3)
-        span = self.steps[0][3].elapsed_time(self.steps[-1][4]) / 1e3 if self.steps else 0.0
-        return {"span_s": round(span, 3), "gpu_idle_s": round(idle, 3), "steps": {
-            k: {"steps": n, "tokens": t, "gpu_s": round(s, 3), "ms_per_step": round(1e3 * s / n, 3)}
-            for k, (n, t, s) in sorted(groups.items())}}
+                idle += max(0.0, self.steps[i - 1][5].elapsed_time(start) / 1e3)
+        span = self.steps[0][3].elapsed_time(self.steps[-1][5]) / 1e3 if self.steps else 0.0
+        return {"span_s": round(span, 3), "gpu_idle_s": round(idle, 3),
+                "host_wait_s": round(sum(g[3] for g in groups.values()), 3), "steps": {
+                    k: {"steps": n, "tokens": t, "gpu_s": round(s, 3),
+                        "ms_per_step": round(1e3 * s / n, 3), "host_wait_s": round(w, 3)}
+                    for k, (n, t, s, w) in sorted(groups.items())}}
 
 
 def run_minisgl(args, reqs) -> tuple[float, int, dict | None]:

@@ -228,6 +228,8 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None,
     kv_cache_dtype = _choice(engine.get("kvCacheDtype", "auto"), KV_CACHE_DTYPES,
                              "engine.kvCacheDtype")
     backend = engine.get("attentionBackend")
+    if backend is not None:
+        backend = _choice(backend, ATTENTION_BACKENDS, "engine.attentionBackend")
     if kv_cache_dtype != "auto" and backend is not None and backend not in FP8_KV_BACKENDS:
         raise ValueError(f"engine.kvCacheDtype {kv_cache_dtype} needs engine.attentionBackend "
                          f"{' or '.join(FP8_KV_BACKENDS)} (or unset), got {backend}")

@@ -256,3 +256,10 @@ def test_kv_cache_dtype_reaches_the_worker_cli_and_is_validated():
         parse_spec({**raw, "engine": {**raw["engine"], "kvCacheDtype": "int8"}})
     with pytest.raises(ValueError, match="needs engine.attentionBackend torch or fi"):
         parse_spec({**raw, "engine": {**raw["engine"], "attentionBackend": "fa3,fi"}})
+    with pytest.raises(ValueError, match="engine.attentionBackend must be one of"):
+        parse_spec({**raw, "engine": {**raw["engine"], "attentionBackend": "flash"}})
+    from minisgl import config as worker_config
+    from minisgl_operator import spec as spec_mod
+
+    assert spec_mod.FP8_KV_BACKENDS == worker_config.FP8_KV_BACKENDS  # the operator's copy
+    assert spec_mod.KV_CACHE_DTYPES == worker_config.KV_CACHE_DTYPES

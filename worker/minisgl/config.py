@@ -12,7 +12,8 @@ ATTENTION_BACKENDS = ("torch", "fi", "fa3", "fa3,fi")
 CACHE_TYPES = ("radix", "naive")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # auto: the model dtype; fp8_e4m3: K/V stored as float8 e4m3 (values clamped to +-448, no
-# scale), half the bytes a token: twice the cache and half the decode-attention reads.
+# scale), half the bytes a token: twice the tokens in the same memory (not faster on an H200:
+# the decode kernels stop being bandwidth-bound once they convert; README, Benchmarks).
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
 # FlashInfer backends that read an FP8 cache (with a 16-bit query): its FA2 kernels. The
 # FA3-template prefill is not built or tested for it here, so fa3 / fa3,fi refuse it.

@@ -78,7 +78,7 @@ def test_tile_config_parses_and_rejects(monkeypatch):
 
     assert TileConfig.parse("64,8,2,1") == TileConfig(64, 8, 2, True)
     assert TileConfig.parse("128,4,3") == TileConfig(128, 4, 3, False)
-    for bad in ("64,8", "48,4,3", "64,3,3", "64,4,0", "a,b,c", "64,4,3,1,1"):
+    for bad in ("64,8", "48,4,3", "512,4,3", "64,3,3", "64,4,0", "a,b,c", "64,4,3,1,1", "64,4,3,2"):
         with pytest.raises(ValueError, match="MINISGL_SPLIT_DECODE_TILE|block_n|warps"):
             TileConfig.parse(bad)
     assert default_tile(4) == TileConfig()  # the latency path's tile

@@ -2,8 +2,9 @@
 
 The reference is the float32 engine whose cache rounds every stored K/V through float8
 and back (a float32 cache holding exactly the values an FP8 cache holds): the FP8 engine
-must equal it to float32 noise. A slot mix-up, a missed cast or an unclamped overflow
-(float8 e4m3 has no infinity: a plain cast of > 448 is NaN) moves logprobs far more.
+must equal it to float32 noise. A slot mix-up or a missed cast moves logprobs far more.
+Values past e4m3's 448 saturate (e4m3fn has no infinity; the store clamps explicitly rather
+than rely on a torch or Triton version's cast).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def test_fp8_store_saturates_instead_of_overflowing():
     assert kv.k[0, 2].float().tolist() == [[448.0, -448.0, 3.0, 0.1015625]]
     assert kv.v[0, 2].float().tolist() == [[-448.0, 448.0, -3.0, -0.1015625]]
     assert kv.k[0, 0].float().abs().sum() == 0  # other slots untouched
+    with pytest.raises(ValueError, match="needs compute_dtype"):
+        KVStorage(1, 4, 1, 4, torch.float8_e4m3fn, torch.device("cpu"))
 
 
 def test_fp8_cache_holds_more_tokens_in_the_same_budget(tiny_models):

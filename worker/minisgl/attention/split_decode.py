@@ -1,4 +1,5 @@
-"""Split-KV decode attention in Triton, for small decode batches (the latency path).
+"""Split-KV decode attention in Triton: small decode batches (the latency path) and, with
+wider tiles, large ones (from 32 rows; flashinfer_backend.py says where each kernel runs).
 
 At batch 1 FlashInfer's decode kernels give a layer's few hundred cached tokens to one
 program per (KV head, 128-token chunk) plus a merge kernel: ~13 us a layer inside a CUDA
@@ -7,7 +8,8 @@ cache is cut into `splits` chunks so that rows x KV heads x splits programs cove
 a program reads its chunk once for all query heads of its KV head (one tl.dot tile), and a
 second kernel merges the chunks by their log-sum-exp.
 
-The kernel reads the KV slots straight from the engine's slot table (engine/state.py), so
+An FP8 cache is upcast as it is read, and both products then run in fp16 (queries past
+fp16's 65,504 would overflow: far beyond any real model's). The kernel reads the KV slots straight from the engine's slot table (engine/state.py), so
 it needs no page table: per row only its state slot and sequence length, which live in
 fixed device buffers for CUDA-graph replay. Any page size works (the table holds slots).
 `split_decode_reference` is the same computation in PyTorch (the CPU test runs the kernel
@@ -152,8 +154,8 @@ class TileConfig:
     heads_inner: bool = False
 
     def __post_init__(self) -> None:
-        if self.block_n < 16 or self.block_n & (self.block_n - 1):
-            raise ValueError(f"block_n must be a power of two >= 16, got {self.block_n}")
+        if not 16 <= self.block_n <= 256 or self.block_n & (self.block_n - 1):
+            raise ValueError(f"block_n must be a power of two in 16..256, got {self.block_n}")
         if self.num_warps not in (1, 2, 4, 8, 16) or not 1 <= self.num_stages <= 8:
             raise ValueError(f"bad split-decode warps/stages {self.num_warps}/{self.num_stages}")
 
@@ -164,6 +166,8 @@ class TileConfig:
             parts = [int(p) for p in raw.split(",")]
             if len(parts) not in (3, 4):
                 raise ValueError
+            if len(parts) == 4 and parts[3] not in (0, 1):
+                raise ValueError("heads_inner is 0 or 1")
             return cls(*parts[:3], bool(parts[3]) if len(parts) == 4 else False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"MINISGL_SPLIT_DECODE_TILE must be 'block_n,num_warps,num_stages"

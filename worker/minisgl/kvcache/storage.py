@@ -24,14 +24,16 @@ class KVStorage:
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, Hkv, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_slots = num_slots
-        self.compute_dtype = compute_dtype or dtype
         self.fp8 = dtype == torch.float8_e4m3fn
+        if self.fp8 and compute_dtype is None:
+            raise ValueError("an FP8 KV cache needs compute_dtype (the dtype attention reads it as)")
+        self.compute_dtype = compute_dtype or dtype
 
     def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """slots [T] int64; k, v [T, Hkv, D]."""
         for cache, x in ((self.k[layer], k), (self.v[layer], v)):
-            if self.fp8:  # saturate (a plain cast overflows to NaN); index_copy_ via bytes:
-                x = x.clamp(-FP8_MAX, FP8_MAX).to(cache.dtype)  # the CPU has no fp8 kernel
+            if self.fp8:  # saturate explicitly (whatever this torch's cast does past 448);
+                x = x.clamp(-FP8_MAX, FP8_MAX).to(cache.dtype)  # copy bytes: no CPU fp8 kernel
                 cache.view(torch.uint8).index_copy_(0, slots, x.view(torch.uint8))
             else:
                 cache.index_copy_(0, slots, x.to(cache.dtype))

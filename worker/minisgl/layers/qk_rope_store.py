@@ -70,7 +70,7 @@ def _kernel():
         k1, k2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
         full = tl.arange(0, D)[None, :]
         v = tl.load(row + (H + HKV + hk) * D + full, mask=mk, other=0.0)
-        if FP8_MAX > 0:  # an FP8 cache: saturate (the cast would overflow to NaN)
+        if FP8_MAX > 0:  # an FP8 cache: saturate explicitly, not by the cast's rounding mode
             k1 = tl.clamp(k1, -FP8_MAX, FP8_MAX)
             k2 = tl.clamp(k2, -FP8_MAX, FP8_MAX)
             v = tl.clamp(v.to(tl.float32), -FP8_MAX, FP8_MAX)

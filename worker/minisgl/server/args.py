@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of free GPU memory for weights + KV cache")
     e.add_argument("--kv-cache-dtype", default=d["kv_cache_dtype"].default, choices=KV_CACHE_DTYPES,
                    help="auto: the model dtype; fp8_e4m3: half the bytes a token (twice the "
-                        "cache, faster long-context decode; values clamped to +-448, no scale)")
+                        "tokens in the same memory; values clamped to +-448, no scale; fi or "
+                        "torch backend, compute capability 8.9+)")
     e.add_argument("--max-prefill-length", type=int, default=d["max_prefill_length"].default,
                    help="tokens per prefill batch; longer prompts are chunked")
     e.add_argument("--page-size", type=int, default=d["page_size"].default,
