@@ -75,9 +75,10 @@ REC="--out-dir $OUT"
 # ---- GPU tests --------------------------------------------------------------------------------
 # First on a fresh machine: FlashInfer compiles its JIT modules here (~4 min on an H200 host);
 # the test model's head_dim 128 matches the benchmark shapes, so later steps reuse them. Only
-# tests/worker/engine holds GPU tests (the server tests import openai, absent on the device).
+# tests/worker/engine and tests/worker/layers hold GPU tests (the server tests import openai,
+# absent on the device).
 if ((TESTS)); then
-  step gpu-tests 330 60 $PY -m pytest -q -m gpu tests/worker/engine -p no:cacheprovider -rA
+  step gpu-tests 330 60 $PY -m pytest -q -m gpu tests/worker/engine tests/worker/layers -p no:cacheprovider -rA
   tail -n 3 "$STEPS/gpu-tests.log" 2>/dev/null | sed 's/^/  tests: /'
 else
   # Without the tests the first benchmark would build the JIT modules (FA3 prefill alone takes
