@@ -61,6 +61,8 @@ def test_a_leader_that_dies_without_bye_is_lost_at_the_worker(leader):
 @pytest.mark.parametrize("changes, message", [
     ({"tp_size": 4}, "--tp-size is 4 on node 1 but 2 on node 0"),
     ({"model_path": "other"}, "--model-path is 'other' on node 1 but 'm' on node 0"),
+    ({"dtype": "float16"}, "--dtype is 'float16' on node 1 but 'auto' on node 0"),
+    ({"kv_cache_dtype": "fp8_e4m3"}, "--kv-cache-dtype is 'fp8_e4m3' on node 1 but 'auto' on node 0"),
     ({"node_rank": 2}, "--node-rank 2 is not a worker node of 2"),
 ])
 def test_a_mismatched_worker_is_refused_with_the_reason(leader, changes, message):

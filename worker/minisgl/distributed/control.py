@@ -39,9 +39,11 @@ class Hello:
     nnodes: int
     tp_size: int
     model_path: str
+    dtype: str = "auto"  # weights and activations: every rank's must agree for the all-reduces
+    kv_cache_dtype: str = "auto"
 
     def mismatch(self, leader: Hello) -> str | None:
-        for name in ("nnodes", "tp_size", "model_path"):
+        for name in ("nnodes", "tp_size", "model_path", "dtype", "kv_cache_dtype"):
             mine, theirs = getattr(self, name), getattr(leader, name)
             if mine != theirs:
                 return f"--{name.replace('_', '-')} is {mine!r} on node {self.node_rank} " \

@@ -50,7 +50,8 @@ def run_worker_node(args: ServerArgs, endpoints: Endpoints, children: Any) -> in
     if endpoints.dist_addr is None:
         raise ValueError("a worker node needs --dist-init-addr")
     host, port = endpoints.dist_addr
-    hello = Hello(args.node_rank, args.nnodes, args.tp_size, args.model_path)
+    hello = Hello(args.node_rank, args.nnodes, args.tp_size, args.model_path, args.dtype,
+                  args.kv_cache_dtype)
     try:
         link = join(host, port, hello, args.dist_timeout,
                     on_lost=lambda reason: outcome.finish(1, reason),

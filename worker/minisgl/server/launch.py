@@ -265,7 +265,8 @@ def _start_leader(args: ServerArgs, on_lost: Callable[[str], None]) -> Any:
 
     _, port = parse_host_port(args.dist_init_addr or "")
     try:
-        leader = Leader(port, Hello(0, args.nnodes, args.tp_size, args.model_path),
+        leader = Leader(port, Hello(0, args.nnodes, args.tp_size, args.model_path, args.dtype,
+                                    args.kv_cache_dtype),
                         args.dist_timeout, on_lost)
     except OSError as exc:
         logger.error("cannot listen for the other nodes on port %d (--dist-init-addr): %s", port, exc)
