@@ -24,6 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
@@ -129,14 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(("fi-page16", "fi-nosplit", None))
         for name, variant, tile in runs:  # the same queries and slots for every variant
             attn = backends["fa3" if name == "fa3" else "page16" if name == "fi-page16" else "fi"]
-            saved = os.environ.get(TILE_ENV)
-            if tile is not None:
-                os.environ[TILE_ENV] = tile
-            try:
+            with patch.dict(os.environ, {TILE_ENV: tile} if tile else {}):  # restored after
                 us, out = graph_us(attn, q, table, args.layers, variant)
-            finally:  # the caller's own setting back for the next variant
-                if tile is not None:
-                    os.environ.pop(TILE_ENV) if saved is None else os.environ.update({TILE_ENV: saved})
             row[name + "_us"] = round(us, 2)
             ref = out if ref is None else ref
             row[name + "_max_diff"] = round((out.float() - ref.float()).abs().max().item(), 4)

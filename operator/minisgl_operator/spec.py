@@ -287,10 +287,7 @@ def parse_spec(spec: Mapping[str, Any], default_image: str | None = None,
         nodes=nodes,
         device=device,
         dtype=_choice(engine.get("dtype", "auto"), DTYPES, "engine.dtype"),
-        attention_backend=(
-            None if engine.get("attentionBackend") is None
-            else _choice(engine["attentionBackend"], ATTENTION_BACKENDS, "engine.attentionBackend")
-        ),
+        attention_backend=backend,
         cache_type=_choice(engine.get("cacheType", "radix"), CACHE_TYPES, "engine.cacheType"),
         max_running_requests=_opt_int(engine.get("maxRunningRequests"), "engine.maxRunningRequests", 1),
         max_prefill_length=_opt_int(engine.get("maxPrefillLength"), "engine.maxPrefillLength", 1),

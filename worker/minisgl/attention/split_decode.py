@@ -9,9 +9,10 @@ a program reads its chunk once for all query heads of its KV head (one tl.dot ti
 second kernel merges the chunks by their log-sum-exp.
 
 An FP8 cache is upcast as it is read, and both products then run in fp16 (queries past
-fp16's 65,504 would overflow: far beyond any real model's). The kernel reads the KV slots straight from the engine's slot table (engine/state.py), so
-it needs no page table: per row only its state slot and sequence length, which live in
-fixed device buffers for CUDA-graph replay. Any page size works (the table holds slots).
+fp16's 65,504 would overflow: far beyond any real model's). The kernel reads the KV slots
+straight from the engine's slot table (engine/state.py), so it needs no page table: per row
+only its state slot and sequence length, which live in fixed device buffers for CUDA-graph
+replay. Any page size works (the table holds slots).
 `split_decode_reference` is the same computation in PyTorch (the CPU test runs the kernel
 under Triton's interpreter against it).
 """

@@ -83,12 +83,12 @@ class Engine:
         self.model = self._load_model()
         self.num_kv_heads = max(1, self.model_config.num_kv_heads // config.tp_size)
         self.kv_dtype = kv_storage_dtype(config.kv_cache_dtype, self.dtype)
-        if (self.kv_dtype == torch.float8_e4m3fn and self.device.type == "cuda"
-                and torch.cuda.get_device_capability(self.device) < (8, 9)):
-            cap = ".".join(map(str, torch.cuda.get_device_capability(self.device)))
-            raise ValueError(f"--kv-cache-dtype fp8_e4m3 needs a GPU of compute capability 8.9 "
-                             f"or newer (Ada, Hopper: FP8 conversions in its kernels); this one "
-                             f"is {cap}")
+        if self.kv_dtype == torch.float8_e4m3fn and self.device.type == "cuda":
+            cap = torch.cuda.get_device_capability(self.device)
+            if cap < (8, 9):
+                raise ValueError(f"--kv-cache-dtype fp8_e4m3 needs a GPU of compute capability "
+                                 f"8.9 or newer (Ada, Hopper: FP8 conversions in its kernels); "
+                                 f"this one is {cap[0]}.{cap[1]}")
         self.num_pages = self._num_pages()
         # One extra page past the pool: scratch space that padded CUDA-graph rows write to.
         self.kv = KVStorage(self.model_config.num_layers, (self.num_pages + 1) * config.page_size,

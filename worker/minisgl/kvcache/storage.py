@@ -13,6 +13,16 @@ def kv_storage_dtype(name: str, compute_dtype: torch.dtype) -> torch.dtype:
     return torch.float8_e4m3fn if name == "fp8_e4m3" else compute_dtype
 
 
+def store_rows(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+    """cache[slots] = x in the cache's dtype. An FP8 cache saturates explicitly (whatever this
+    torch's cast does past 448) and is written as bytes: the CPU has no fp8 index_copy_."""
+    if cache.dtype == torch.float8_e4m3fn:
+        x = x.clamp(-FP8_MAX, FP8_MAX).to(cache.dtype)
+        cache.view(torch.uint8).index_copy_(0, slots, x.view(torch.uint8))
+    else:
+        cache.index_copy_(0, slots, x.to(cache.dtype))
+
+
 class KVStorage:
     """dtype: what the cache holds; compute_dtype: what attention reads it as and returns
     (the model dtype; differs for an FP8 cache, which every reader upcasts)."""
@@ -24,19 +34,14 @@ class KVStorage:
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, Hkv, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_slots = num_slots
-        self.fp8 = dtype == torch.float8_e4m3fn
-        if self.fp8 and compute_dtype is None:
+        if dtype == torch.float8_e4m3fn and compute_dtype is None:
             raise ValueError("an FP8 KV cache needs compute_dtype (the dtype attention reads it as)")
         self.compute_dtype = compute_dtype or dtype
 
     def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """slots [T] int64; k, v [T, Hkv, D]."""
-        for cache, x in ((self.k[layer], k), (self.v[layer], v)):
-            if self.fp8:  # saturate explicitly (whatever this torch's cast does past 448);
-                x = x.clamp(-FP8_MAX, FP8_MAX).to(cache.dtype)  # copy bytes: no CPU fp8 kernel
-                cache.view(torch.uint8).index_copy_(0, slots, x.view(torch.uint8))
-            else:
-                cache.index_copy_(0, slots, x.to(cache.dtype))
+        store_rows(self.k[layer], slots, k)
+        store_rows(self.v[layer], slots, v)
 
     @staticmethod
     def bytes_per_slot(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

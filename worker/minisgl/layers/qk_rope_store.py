@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from minisgl.kvcache.storage import FP8_MAX
+from minisgl.kvcache.storage import FP8_MAX, store_rows
 from minisgl.layers.fused import pdl_launch
 from minisgl.layers.rotary import _rotate
 
@@ -122,10 +122,6 @@ def qk_rope_store_reference(qkv: torch.Tensor, positions: torch.Tensor, cos_sin:
         k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + eps) * k_weight.float()
     cos, sin = cos_sin[positions].float().chunk(2, dim=-1)  # [T, D/2] each
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    for cache, x in ((k_cache, _rotate(k, cos, sin)), (v_cache, v.reshape(t, num_kv_heads, d))):
-        if cache.dtype == torch.float8_e4m3fn:  # saturate; write the bytes (no CPU fp8 kernel)
-            cache.view(torch.uint8)[slots] = x.clamp(-FP8_MAX, FP8_MAX).to(cache.dtype).view(
-                torch.uint8)
-        else:
-            cache[slots] = x.to(cache.dtype)  # float32 in, float32 out
+    store_rows(k_cache, slots, _rotate(k, cos, sin))  # float32 in, the cache's dtype out
+    store_rows(v_cache, slots, v.reshape(t, num_kv_heads, d))
     return _rotate(q, cos, sin).to(qkv.dtype)
