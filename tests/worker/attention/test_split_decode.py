@@ -85,3 +85,39 @@ def test_tile_config_parses_and_rejects(monkeypatch):
     assert default_tile(256).block_n > default_tile(4).block_n and default_tile(256).heads_inner
     monkeypatch.setenv("MINISGL_SPLIT_DECODE_TILE", "32,4,4,1")
     assert default_tile(256) == TileConfig(32, 4, 4, True)
+
+
+SHARED_SCRIPT = r"""
+import json, torch
+from types import SimpleNamespace
+from minisgl.attention.split_decode import SplitDecode, SplitWorkspace, split_decode_reference
+torch.manual_seed(0)
+NS, H, HKV, D = 900, 8, 2, 32
+k, v = torch.randn(NS, HKV, D), torch.randn(NS, HKV, D)
+table = torch.randperm(NS)[: 6 * 150].view(6, 150).to(torch.int32)
+ws = SplitWorkspace(torch.device("cpu"))
+# largest first, as graphs are captured: the smaller ones share its buffers
+big = SplitDecode(4, H, HKV, D, 4, torch.device("cpu"), torch.float32, 32, workspace=ws)
+small = SplitDecode(2, H, HKV, D, 8, torch.device("cpu"), torch.float32, 32, workspace=ws)
+shared = small.part_o.data_ptr() == big.part_o.data_ptr() and small.out.data_ptr() == big.out.data_ptr()
+nbytes = ws.nbytes()
+grown = SplitDecode(8, H, HKV, D, 4, torch.device("cpu"), torch.float32, 32, workspace=ws)
+diffs = []
+for sd, state, seq in ((small, [5, 1], [150, 7]), (big, [0, 2, 3, 4], [1, 64, 150, 33]),
+                       (small, [3, 0], [40, 150]), (grown, list(range(6)) + [0, 1], [150] * 8)):
+    state, seq = torch.tensor(state), torch.tensor(seq)
+    q = torch.randn(len(state), H, D)
+    sd.plan(SimpleNamespace(size=len(state), state_slots=state, seq_lens_dev=seq, slot_table=table))
+    out = sd.run(q, k, v, D**-0.5).clone()
+    diffs.append((out - split_decode_reference(q, k, v, table, state, seq, D**-0.5)).abs().max().item())
+print(json.dumps(dict(shared=shared, nbytes=nbytes, grown_nbytes=ws.nbytes(), diffs=diffs)))
+"""
+
+
+def test_split_decodes_share_one_workspace_and_stay_exact():
+    r = run_interpreted(SHARED_SCRIPT, timeout=600)
+    assert r["shared"]  # the smaller instance is views of the larger one's buffers
+    # part_o (4 x 8 x 4 x 32) + part_lse (4 x 8 x 4) + out (4 x 8 x 32), float32
+    assert r["nbytes"] == 4 * (4 * 8 * 4 * 32 + 4 * 8 * 4 + 4 * 8 * 32)
+    assert r["grown_nbytes"] > r["nbytes"]  # a larger batch grows it; the old views still work
+    assert max(r["diffs"]) <= 1e-5, r

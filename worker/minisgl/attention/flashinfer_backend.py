@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from minisgl.attention.base import AttentionBackend
-from minisgl.attention.split_decode import SplitDecode, split_shape
+from minisgl.attention.split_decode import SplitDecode, SplitWorkspace, split_shape
 from minisgl.engine.batch import upload
 from minisgl.engine.state import kv_indices
 
@@ -133,6 +133,7 @@ class FlashInferBackend(AttentionBackend):
         self.no_split_min_bs = _env_batch_size(NO_SPLIT_ENV, NO_SPLIT_MIN_BS)  # 0 = never
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         self._split_eager: dict[int, SplitDecode] = {}  # small batch sizes only (bounded)
+        self._split_workspace = SplitWorkspace(device)  # one stream: one step's attention at a time
         self.split_steps = 0  # decode steps planned for the split-KV kernel (tests read it)
         self.active = None  # wrapper planned for the current step
         self.device = device
@@ -160,7 +161,8 @@ class FlashInferBackend(AttentionBackend):
     def _split_decode(self, bs: int) -> SplitDecode:
         splits, min_chunk = split_shape(bs, self.num_kv_heads, self.num_sms)
         return SplitDecode(bs, self.num_heads, self.num_kv_heads, self.head_dim, splits,
-                           self.device, self.kv.compute_dtype, min_chunk)
+                           self.device, self.kv.compute_dtype, min_chunk,
+                           workspace=self._split_workspace)
 
     def _plan(self, wrapper, table: PageTable, decode: bool, no_split: bool = False) -> None:
         common = dict(q_data_type=self.kv.compute_dtype, kv_data_type=self.kv.k.dtype,
@@ -180,7 +182,7 @@ class FlashInferBackend(AttentionBackend):
     def prepare(self, batch) -> None:
         decode = batch.phase == "decode"
         if decode and self.uses_split_decode(batch.size):
-            if batch.size > self.split_max_bs:  # large eager batches: fresh buffers each step
+            if batch.size > self.split_max_bs:  # large eager batches: a fresh one each step
                 self.active = self._split_decode(batch.size)
             else:
                 if batch.size not in self._split_eager:
