@@ -77,8 +77,12 @@ REC="--out-dir $OUT"
 # the test model's head_dim 128 matches the benchmark shapes, so later steps reuse them. Only
 # tests/worker/engine and tests/worker/layers hold GPU tests (the server tests import openai,
 # absent on the device).
+# Serially a fresh machine's JIT builds take the tests past 300 s (2026-12-02); with pytest-xdist
+# (carry its and execnet's wheels in .whl) 4 workers build side by side: 75 tests in ~200-230 s.
+XDIST=()
+$PY -c "import xdist" >/dev/null 2>&1 && XDIST=(-n 4)
 if ((TESTS)); then
-  step gpu-tests 330 60 $PY -m pytest -q -m gpu tests/worker/engine tests/worker/layers -p no:cacheprovider -rA
+  step gpu-tests 330 60 $PY -m pytest -q -m gpu tests/worker/engine tests/worker/layers -p no:cacheprovider -rA "${XDIST[@]}"
   tail -n 3 "$STEPS/gpu-tests.log" 2>/dev/null | sed 's/^/  tests: /'
 else
   # Without the tests the first benchmark would build the JIT modules (FA3 prefill alone takes

@@ -39,7 +39,8 @@ def run_suite(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[s
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = [l for l in calls.read_text().splitlines()
-             if not l.startswith(("-m pip", "benchmarks/make_tokenizer.py"))]  # installs, tokenizer
+             if not l.startswith(("-m pip", "benchmarks/make_tokenizer.py", "-c "))]  # installs,
+    # the tokenizer, the pytest-xdist probe
     return proc, lines, out
 
 
@@ -54,6 +55,7 @@ def test_without_tests_the_jit_modules_are_built_first_under_their_own_timeout(t
 def test_suite_runs_every_step_in_order(tmp_path):
     proc, lines, out = run_suite(tmp_path)
     scripts = [l.split()[0] if not l.startswith("-m") else " ".join(l.split()[:2]) for l in lines]
+    assert lines[0].endswith("-n 4")  # the probe for pytest-xdist succeeds with the stub
     assert scripts == ["-m pytest", "benchmarks/latency.py", "benchmarks/latency.py",
                        "benchmarks/offline.py", "benchmarks/offline.py", "benchmarks/serving.py",
                        "benchmarks/shared_prefix.py", "benchmarks/ablations.py",
