@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         result = roofline(cfg, [(len(p), o) for p, o in reqs], read_tbs=args.read_tbs,
                           tflops=args.tflops, attn_tbs=args.attn_tbs,
-                          prefill_tflops=args.prefill_tflops, small_ms=args.small_ms,
-                          max_rows=256)
+                          prefill_tflops=args.prefill_tflops, small_ms=args.small_ms)
     except ValueError as exc:
         ap.error(str(exc))
     result = {"model": args.model, "requests": args.num_requests,

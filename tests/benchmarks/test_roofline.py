@@ -31,7 +31,7 @@ def test_tiny_workload_matches_a_hand_count():
 
 def test_faster_card_is_a_lower_bound_and_bad_input_is_refused(capsys):
     base = roofline(CFG, [(10, 20)] * 4, read_tbs=1.0, tflops=100.0)
-    fast = roofline(CFG, [(10, 20)] * 4, read_tbs=2.0, tflops=100.0, small_ms=0.0)
+    fast = roofline(CFG, [(10, 20)] * 4, read_tbs=2.0, tflops=100.0)
     assert fast["total_s"] < base["total_s"]
     with pytest.raises(ValueError, match="no requests"):
         roofline(CFG, [], read_tbs=1.0, tflops=1.0)
