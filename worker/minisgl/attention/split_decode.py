@@ -20,6 +20,7 @@ under Triton's interpreter against it).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -141,6 +142,10 @@ def _pow2_floor(n: int) -> int:
     return 1 << max(0, n.bit_length() - 1)
 
 
+def _pow2_ceil(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
 def num_splits(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
     """Chunks per row so that rows x KV heads x chunks is about two programs an SM."""
     return max(1, min(MAX_SPLITS, _pow2_floor(2 * num_sms // max(1, batch_size * num_kv_heads))))
@@ -214,9 +219,7 @@ class SplitWorkspace:
         self._buffers: dict[str, torch.Tensor] = {}
 
     def view(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        n = 1
-        for dim in shape:
-            n *= dim
+        n = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.numel() < n:
             buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
@@ -252,7 +255,7 @@ class SplitDecode:
         self.out = ws.view("out", (batch_size, num_heads, head_dim), dtype)
         self.slot_table: torch.Tensor | None = None
         # Small batches split every row: one merge program a head runs them side by side.
-        self.merge_heads = (min(MERGE_HEADS, 1 << (num_heads - 1).bit_length())
+        self.merge_heads = (min(MERGE_HEADS, _pow2_ceil(num_heads))
                             if min_chunk > MIN_CHUNK else 1)
 
     def plan(self, batch) -> None:
@@ -280,7 +283,7 @@ class SplitDecode:
             q.contiguous(), k_cache, v_cache, table, table.stride(0), self.state_slots,
             self.seq_lens, self.part_o, self.part_lse, self.out, sm_scale,
             H=self.num_heads, HKV=self.num_kv_heads, GROUP=group,
-            GP=max(16, 1 << (group - 1).bit_length()), D=self.head_dim, S=self.splits,
+            GP=max(16, _pow2_ceil(group)), D=self.head_dim, S=self.splits,
             BLOCK_N=tile.block_n, MIN_CHUNK=self.min_chunk, PDL=bool(pdl),
             HEADS_INNER=tile.heads_inner, KV_FP8=k_cache.dtype == torch.float8_e4m3fn,
             num_warps=tile.num_warps, num_stages=tile.num_stages,
