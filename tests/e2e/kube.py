@@ -11,7 +11,6 @@ import datetime
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import pytest
+
+from tests.helpers.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / ".ci" / "build_kube.sh"
@@ -64,12 +65,6 @@ def find_binaries() -> Path:
         pytest.skip(f"Kubernetes binaries missing in {bin_dir}: run .ci/build_kube.sh (or set MINISGL_REQUIRE_E2E=1)")
     out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_pki(d: Path) -> None:

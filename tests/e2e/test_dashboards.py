@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import yaml
 
 from tests.charts.helm import REPO, by_kind, find_helm, render, require_binary
 from tests.charts.promql import DASHBOARDS, dashboard_queries, metric_names, substitute
+from tests.helpers.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -34,12 +34,6 @@ TARGET = {"namespace": "default", "service": "qwen3", "pod": "qwen3-0", "contain
 JOB = "qwen3"
 MODEL = "demo"
 VARIABLES = {"datasource": "prometheus", "namespace": "default", "deployment": JOB, "model": MODEL, "pod": "qwen3-0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
